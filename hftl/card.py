@@ -1,0 +1,103 @@
+"""The model card (README.md in output_dir): what was trained from what, how, and how well.
+
+It never holds a token: the reproduce command and the config pass through `redact`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+
+from hftl import builtin
+from hftl.config import RunConfig
+from hftl.plan import PlanRow, markdown
+
+STRATEGY_TEXT = {
+    "feature_extraction": "feature extraction: the pre-trained backbone is frozen and only the new head trains",
+    "partial": "partial fine-tuning: the top {n} backbone groups and the head train; the rest is frozen",
+    "full": "full fine-tuning: every layer trains, with lower learning rates toward the input",
+}
+
+
+def reproduce_command(recipe: str, overrides: list[str]) -> str:
+    """`hftl train RECIPE --k v ...` with the value of any token-like key replaced."""
+    words, hide = ["hftl", "train", recipe], False
+    for word in overrides:
+        if hide and not word.startswith("--"):
+            words.append("<redacted>")
+            hide = False
+            continue
+        key = word[2:].split("=")[0] if word.startswith("--") else ""
+        if "token" in key and "=" in word:
+            word = f"--{key}=<redacted>"
+        hide = "token" in key and "=" not in word
+        words.append(word)
+    return " ".join(shlex.quote(w) if not w.startswith("<") else w for w in words)
+
+
+def _source(name: str | None) -> str:
+    if builtin.is_builtin(name):
+        return f"`{name}`: {builtin.describe(name)}"
+    return f"`{name}`"
+
+
+def _metadata(config: RunConfig, pipeline_tag: str, metrics: dict) -> dict:
+    meta = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": ["hftl", "transfer-learning", config.transfer.strategy]}
+    name = config.model.model_name_or_path
+    base = builtin.hub_id(name) if builtin.is_builtin(name) else (None if Path(name).exists() else name)
+    if base and not config.model.from_scratch:
+        meta["base_model"] = base
+    dataset = config.data.dataset
+    if dataset and not builtin.is_builtin(dataset) and not Path(dataset).exists():
+        meta["datasets"] = [dataset]
+    return meta
+
+
+def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, labels: list[str], pipeline_tag: str) -> str:
+    strategy = STRATEGY_TEXT[config.transfer.strategy].format(n=config.transfer.unfrozen_groups)
+    if config.model.from_scratch:
+        strategy = "from scratch: random initialisation of the architecture, every layer trains (no transfer)"
+    data = config.data.dataset or config.data.train_file
+    metric_lines = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+    front = yaml.safe_dump(_metadata(config, pipeline_tag, metrics), sort_keys=False).strip()
+    return f"""---
+{front}
+---
+
+# {Path(config.training.output_dir).name}
+
+Fine-tuned with [hftl](https://pypi.org/project/hftl/) for {pipeline_tag}.
+
+- **Base model:** {_source(config.model.model_name_or_path)}
+- **Data:** {_source(data)}; text column `{config.data.text_column}`{f" + `{config.data.text_pair_column}`" if config.data.text_pair_column else ""}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})
+- **Strategy:** {strategy}
+- **Learning rates:** base {config.training.learning_rate:g}, layer_decay {config.transfer.layer_decay:g}, head {config.transfer.head_lr if config.transfer.head_lr is not None else config.training.learning_rate:g}; {config.training.num_train_epochs:g} epochs, batch {config.training.per_device_train_batch_size} per device, seed {config.training.seed}
+
+## Layer-group plan
+
+{markdown(rows)}
+## Results
+
+| metric | value |
+|---|---|
+{chr(10).join(metric_lines) if metric_lines else "| (not evaluated) | |"}
+
+## Reproduce
+
+```bash
+{command}
+```
+
+## Use
+
+```python
+from transformers import pipeline
+classifier = pipeline("{pipeline_tag}", model="path/to/this/folder")
+```
+"""
+
+
+def write(path: str | Path, text: str) -> None:
+    Path(path, "README.md").write_text(text)

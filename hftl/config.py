@@ -1,0 +1,209 @@
+"""Recipe loading: a flat YAML of defaults, `--key value` overrides on top.
+
+Every key belongs to one of four dataclasses: `ModelArgs`, `DataArgs`, `TransferArgs` (ours) and
+`transformers.TrainingArguments`. They are read with `HfArgumentParser`, so a recipe key and a
+command-line flag are the same thing. Unknown keys are an error naming the nearest valid key,
+because a silently ignored typo (`learning_rte`) costs a whole training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from hftl.errors import HftlError
+
+STRATEGIES = ("feature_extraction", "partial", "full")
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id, local folder, or builtin:NAME (e.g. builtin:minilm-l6)."}
+    )
+    revision: str = "main"  # pin a Hub revision for reproducible runs
+    trust_remote_code: bool = False  # off: never run code shipped with a checkpoint unless asked
+    from_scratch: bool = False  # random init of the same architecture: the no-transfer baseline
+    attn_implementation: str | None = "sdpa"  # fused attention kernels; "eager" for debugging
+
+
+@dataclass
+class DataArgs:
+    dataset: str | None = field(
+        default=None, metadata={"help": "Hub dataset name, local file or folder, or builtin:NAME."}
+    )
+    dataset_config: str | None = None  # Hub dataset configuration name, e.g. "mrpc" for glue
+    train_file: str | None = None  # local csv/json/jsonl/parquet files, instead of `dataset`
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None  # set for sentence-pair tasks (NLI, paraphrase)
+    label_column: str = "label"
+    label_separator: str | None = None  # split string labels on it: makes the task multi-label
+    validation_split: float = 0.1  # carved from train (seeded) when the data has no validation split
+    split_seed: int = 42  # fixed apart from `seed`, so every run of a recipe sees the same split
+    max_length: int = 256  # truncation length; padding is dynamic, per batch
+    max_train_samples: int | None = None  # subsample for quick experiments
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class TransferArgs:
+    task: str = "text-classification"
+    strategy: str = field(default="full", metadata={"help": "feature_extraction | partial | full"})
+    unfrozen_groups: int = 2  # partial: how many top backbone groups train beside the head
+    layer_decay: float = 0.9  # lr multiplier per group of depth below the top block
+    head_lr: float | None = None  # lr of the new head; None uses learning_rate
+    freeze: list[str] = field(default_factory=list)  # extra regexes over parameter names to freeze
+    overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
+
+
+ARG_CLASSES = (ModelArgs, DataArgs, TransferArgs, TrainingArguments)
+
+
+@dataclass
+class RunConfig:
+    model: ModelArgs
+    data: DataArgs
+    transfer: TransferArgs
+    training: TrainingArguments
+    recipe_path: str
+    user_keys: set[str]  # keys set by the recipe or the command line
+
+    def resolved(self) -> dict[str, Any]:
+        """A flat recipe that reproduces this run: all hftl keys, plus the training keys set."""
+        out: dict[str, Any] = {}
+        for args in (self.model, self.data, self.transfer):
+            out.update(dataclasses.asdict(args))
+        training = self.training.to_dict()
+        for key in sorted(self.user_keys):
+            if key in training:
+                out[key] = training[key]
+        return redact(out)
+
+
+def redact(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace any token-like value, so a resolved config or card never carries a secret."""
+    return {k: ("<redacted>" if "token" in k and isinstance(v, str) and v else v) for k, v in values.items()}
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser that raises HftlError instead of printing usage and exiting."""
+
+    def error(self, message: str):  # argparse calls this on bad values
+        raise HftlError(f"Bad command-line value: {message}. Check the value's type in the recipe docs.")
+
+
+def all_keys() -> list[str]:
+    return [f.name for cls in ARG_CLASSES for f in dataclasses.fields(cls) if f.init]
+
+
+def _unknown_key_error(key: str, where: str) -> HftlError:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    hint = f" Did you mean `{near[0]}`?" if near else " See `hftl train --help` for the keys."
+    return HftlError(f"Unknown key `{key}` in {where}.{hint}")
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    recipe = Path(path)
+    if not recipe.is_file():
+        raise HftlError(
+            f"Recipe file `{path}` does not exist. Pass the path of a YAML recipe, e.g. "
+            "`hftl train recipes/demo/text-classification.yaml`."
+        )
+    try:
+        values = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise HftlError(f"Recipe `{path}` is not valid YAML{where}: {problem}. Fix the YAML syntax there.")
+    if not isinstance(values, dict):
+        raise HftlError(f"Recipe `{path}` must be a mapping of `key: value` lines, not a {type(values).__name__}.")
+    return values
+
+
+def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe, apply `--key value` overrides, and return the four typed argument objects."""
+    values = read_recipe(recipe_path)
+    known = set(all_keys())
+    for key in values:
+        if key not in known:
+            raise _unknown_key_error(str(key), f"recipe `{recipe_path}`")
+    parser = _Parser(ARG_CLASSES)
+    parser.allow_abbrev = False  # `--lr` must not silently mean `--lr_scheduler_type`
+    for action in parser._actions:
+        action.required = False
+    parser.set_defaults(**values)
+    overrides = list(overrides or [])
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=overrides, return_remaining_strings=True)
+    except (ValueError, TypeError) as err:
+        raise HftlError(f"Invalid setting in `{recipe_path}` or its overrides: {err}") from None
+    *arg_objs, remaining = parsed
+    if remaining:
+        flag = next((r for r in remaining if r.startswith("--")), remaining[0])
+        if flag.startswith("--"):
+            raise _unknown_key_error(flag[2:].split("=")[0], "the command line")
+        raise HftlError(f"Unexpected argument `{flag}`. Overrides take the form `--key value`.")
+    model, data, transfer, training = arg_objs
+    user_keys = set(values) | {o[2:].split("=")[0] for o in overrides if o.startswith("--")}
+    config = RunConfig(model, data, transfer, training, recipe_path, user_keys)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Checks that need no model or data; the rest happen where the facts are known."""
+    if not config.model.model_name_or_path:
+        raise HftlError("No model given. Set `model_name_or_path` in the recipe or pass `--model_name_or_path ID`.")
+    if config.transfer.strategy not in STRATEGIES:
+        near = difflib.get_close_matches(config.transfer.strategy, STRATEGIES, n=1)
+        hint = f" Did you mean `{near[0]}`?" if near else ""
+        raise HftlError(
+            f"Unknown strategy `{config.transfer.strategy}`.{hint} Choose one of: {', '.join(STRATEGIES)}."
+        )
+    if config.transfer.layer_decay <= 0:
+        raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
+    if not 0 < config.data.validation_split < 1:
+        raise HftlError(f"validation_split must be between 0 and 1 (got {config.data.validation_split}).")
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """Refuse to train into a folder holding an earlier run, unless asked to overwrite or resuming."""
+    out = Path(config.training.output_dir)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if config.transfer.overwrite_output_dir or config.training.resume_from_checkpoint:
+        return
+    raise HftlError(
+        f"output_dir `{out}` already holds files from an earlier run. Pick another `--output_dir`, "
+        "pass `--overwrite_output_dir true` to replace it, or `--resume_from_checkpoint PATH` to continue it."
+    )
+
+
+def write_resolved(config: RunConfig, path: str | os.PathLike) -> None:
+    command = f"# hftl train {path}\n"
+    Path(path).write_text(command + yaml.safe_dump(config.resolved(), sort_keys=False))
+
+
+def cli_help() -> str:
+    """All keys, one line each, for `hftl train --help`."""
+    lines = []
+    for cls in ARG_CLASSES:
+        lines.append(f"\n{cls.__name__}:")
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                default = f.default if f.default is not dataclasses.MISSING else "[]"
+                lines.append(f"  --{f.name} (default: {default})")
+    return "\n".join(lines)
+

@@ -1,0 +1,114 @@
+"""Where the data comes from: a built-in dataset, local files, or a Hub dataset.
+
+Every source ends as a DatasetDict with `train`, `validation` and maybe `test`. A missing
+validation split is carved from train with `split_seed`, so it stays put across runs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, DatasetDict
+
+from hftl import builtin
+from hftl.config import DataArgs
+from hftl.errors import HftlError
+
+BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation", "eval": "validation"}
+
+
+def _builder(path: str) -> tuple[str, dict]:
+    suffix = Path(path).suffix.lower()
+    if suffix not in BUILDERS:
+        raise HftlError(
+            f"Data file `{path}` has an unsupported type `{suffix or '(none)'}`. Use one of: {', '.join(BUILDERS)}."
+        )
+    return BUILDERS[suffix], ({"delimiter": "\t"} if suffix == ".tsv" else {})
+
+
+def _local_files(data: DataArgs) -> dict[str, str]:
+    files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
+    if data.dataset and Path(data.dataset).is_file():
+        files["train"] = files["train"] or data.dataset
+    files = {split: f for split, f in files.items() if f}
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise HftlError(f"The {split} file `{path}` does not exist. Check the path in `{split}_file`.")
+    return files
+
+
+def _read(data: DataArgs, trust_remote_code: bool) -> DatasetDict:
+    if builtin.is_builtin(data.dataset):
+        return builtin.load_dataset(data.dataset)
+    files = _local_files(data)
+    if files:
+        builders = {_builder(f) for f in files.values()}
+        if len(builders) > 1:
+            raise HftlError("train/validation/test files must share one file type; convert them to the same format.")
+        (name, kwargs), = builders
+        return _load(name, data_files=files, **kwargs)
+    if not data.dataset:
+        raise HftlError("No data given. Set `dataset` (Hub name, local file/folder or builtin:NAME) or `train_file`.")
+    return _load(data.dataset, data.dataset_config, trust_remote_code=trust_remote_code or None)
+
+
+def _load(*args, **kwargs) -> DatasetDict:
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        loaded = datasets.load_dataset(*args, **kwargs)
+    except HftlError:
+        raise
+    except Exception as err:  # the datasets library raises many types; the user needs the message
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HftlError(
+            f"Could not load dataset `{args[0]}`: {first}. Check the name (and `dataset_config`), the files, "
+            "or your network; offline, use local files or a builtin: dataset."
+        ) from None
+    if not isinstance(loaded, DatasetDict):
+        loaded = DatasetDict(train=loaded)
+    return loaded
+
+
+def load_splits(data: DataArgs, trust_remote_code: bool = False, stratify_column: str | None = None) -> DatasetDict:
+    raw = _read(data, trust_remote_code)
+    raw = DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
+    if "train" not in raw:
+        raise HftlError(f"The data has no `train` split (splits: {', '.join(raw) or 'none'}). Name one `train`.")
+    if len(raw["train"]) == 0:
+        raise HftlError("The training data is empty (0 rows). Point `dataset`/`train_file` at data with examples.")
+    if "validation" not in raw:
+        raw = _carve_validation(raw, data, stratify_column)
+    for split in list(raw):
+        if split not in ("train", "validation", "test"):
+            del raw[split]
+    if data.max_train_samples:
+        raw["train"] = raw["train"].shuffle(seed=data.split_seed).select(range(min(data.max_train_samples, len(raw["train"]))))
+    if data.max_eval_samples:
+        for split in ("validation", "test"):
+            if split in raw:
+                raw[split] = raw[split].select(range(min(data.max_eval_samples, len(raw[split]))))
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise HftlError(f"The {split} split is empty (0 rows). Give it examples or drop `{split}_file`.")
+    return raw
+
+
+def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | None) -> DatasetDict:
+    train = raw["train"]
+    n_val = int(round(len(train) * data.validation_split))
+    if n_val < 1 or len(train) - n_val < 1:
+        raise HftlError(
+            f"The training data has {len(train)} rows: too few to carve a validation split of "
+            f"{data.validation_split:.0%}. Give a `validation_file` or more data."
+        )
+    stratify = None
+    if stratify_column and isinstance(train.features.get(stratify_column), ClassLabel):
+        counts = Counter(train[stratify_column])
+        if min(counts.values()) >= 2 and n_val >= len(counts):
+            stratify = stratify_column
+    parts = train.train_test_split(test_size=n_val, seed=data.split_seed, stratify_by_column=stratify)
+    raw["train"], raw["validation"] = parts["train"], parts["test"]
+    return raw

@@ -1,0 +1,9 @@
+"""User-facing errors.
+
+An `HftlError` is bad input the user can fix: the CLI prints its message as one paragraph and
+exits with code 2, without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+
+class HftlError(Exception):
+    """Bad input: the message names the problem and the fix."""

@@ -1,0 +1,68 @@
+"""Freeze plans: which layer groups train.
+
+A plan is computed from the groups alone and applied by setting `requires_grad` on every
+parameter, so applying it twice gives the same state (idempotent) and the result never depends
+on what an earlier plan did. Frozen parameters need no gradient, so autograd skips the backward
+pass below the lowest trainable group.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hftl.errors import HftlError
+from hftl.layers import LayerGroup, backbone_size
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    strategy: str  # feature_extraction | partial | full
+    unfrozen_groups: int = 0  # partial: top backbone groups that train
+    patterns: tuple[str, ...] = ()  # extra regexes (re.search) over parameter names to freeze
+
+    def group_trains(self, groups: list[LayerGroup]) -> dict[str, bool]:
+        n = backbone_size(groups)
+        if self.strategy == "partial" and not 0 <= self.unfrozen_groups <= n:
+            raise HftlError(
+                f"unfrozen_groups={self.unfrozen_groups} is out of range: this model has {n} backbone groups "
+                f"(embeddings and {n - 1} blocks). Use a value from 0 (head only) to {n} (everything)."
+            )
+        trains = {}
+        for index, group in enumerate(groups):
+            if group.is_head or self.strategy == "full":
+                trains[group.name] = True
+            elif self.strategy == "partial":
+                trains[group.name] = index >= n - self.unfrozen_groups
+            else:
+                trains[group.name] = False
+        return trains
+
+    def frozen_by_pattern(self, groups: list[LayerGroup]) -> set[str]:
+        names = [name for g in groups for name, _ in g.params]
+        frozen: set[str] = set()
+        for pattern in self.patterns:
+            try:
+                regex = re.compile(pattern)
+            except re.error as err:
+                raise HftlError(f"freeze pattern `{pattern}` is not a valid regular expression: {err}.") from None
+            hits = {n for n in names if regex.search(n)}
+            if not hits:
+                examples = ", ".join(names[:3] + names[-2:])
+                raise HftlError(
+                    f"freeze pattern `{pattern}` matches no parameter. Patterns are regexes searched in "
+                    f"parameter names such as: {examples}. Run `hftl plan` to see the names."
+                )
+            frozen |= hits
+        return frozen
+
+    def apply(self, groups: list[LayerGroup]) -> dict[str, bool]:
+        """Set requires_grad on every parameter; return {parameter name: trains}."""
+        trains = self.group_trains(groups)
+        frozen = self.frozen_by_pattern(groups)
+        state = {}
+        for group in groups:
+            for name, param in group.params:
+                state[name] = trains[group.name] and name not in frozen
+                param.requires_grad_(state[name])
+        return state

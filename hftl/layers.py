@@ -1,0 +1,133 @@
+"""Ordered layer groups: the single source of depth for freeze plans and learning rates.
+
+Group 0 is the input side (embeddings), then one group per encoder block, and the last group is
+the task head (pooler, final norm, classifier). Architectures are matched by the structure of
+their modules: the backbone's ModuleList of blocks. Named rules pin the block list for the
+families we know; other models are matched by the generic rule (the largest ModuleList of
+identical blocks in the base model) and must still show embeddings, blocks and a head, or they
+get a clear error instead of a silent single group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from hftl.errors import HftlError
+
+# model_type -> path of the block ModuleList inside the base model
+BLOCK_PATHS = {
+    "bert": "encoder.layer",
+    "roberta": "encoder.layer",
+    "xlm-roberta": "encoder.layer",
+    "camembert": "encoder.layer",
+    "electra": "encoder.layer",
+    "distilbert": "transformer.layer",
+    "deberta": "encoder.layer",
+    "deberta-v2": "encoder.layer",
+}
+# Encoder-level modules beside the blocks that feed every block (DeBERTa's relative position
+# embeddings and their norm) belong to the input side, not the head.
+INPUT_SIDE_ENCODER_EXTRAS = {"deberta", "deberta-v2"}
+SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2) and models of the same structure"
+
+HEAD = "head"
+EMBEDDINGS = "embeddings"
+
+
+@dataclass
+class LayerGroup:
+    name: str
+    params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    @property
+    def is_head(self) -> bool:
+        return self.name == HEAD
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+def _homogeneous_lists(module: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    found = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.ModuleList) and len(sub) > 0 and len({type(m) for m in sub}) == 1:
+            found.append((name, sub))
+    return found
+
+
+def find_blocks(model: nn.Module) -> tuple[str, str, nn.ModuleList]:
+    """Return (base prefix, block path inside the base, the block list)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    name = type(model).__name__
+    if base is None:
+        raise HftlError(
+            f"hftl cannot map `{name}` to layer groups: it has no base model under `{prefix or '?'}`, so the "
+            f"backbone cannot be told from the head. Supported: {SUPPORTED}. Load the model with a task head "
+            "(e.g. AutoModelForSequenceClassification)."
+        )
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    path = BLOCK_PATHS.get(model_type)
+    if path is not None:
+        blocks = base.get_submodule(path)
+        return prefix, path, blocks
+    lists = _homogeneous_lists(base)
+    if not lists:
+        raise HftlError(
+            f"hftl cannot map `{name}` (model_type `{model_type}`) to layer groups: its base model has no list "
+            f"of encoder blocks. Supported: {SUPPORTED}."
+        )
+    path, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return prefix, path, blocks
+
+
+def _is_embedding(relative: str) -> bool:
+    return any("embed" in part.lower() for part in relative.split(".")[:-1])
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Ordered groups [embeddings, layer.0 .. layer.N-1, head] covering every parameter once."""
+    prefix, path, blocks = find_blocks(model)
+    model_type = getattr(model.config, "model_type", "")
+    container = path.rsplit(".", 1)[0] if "." in path else ""
+    groups = {EMBEDDINGS: LayerGroup(EMBEDDINGS)}
+    groups.update({f"layer.{i}": LayerGroup(f"layer.{i}") for i in range(len(blocks))})
+    groups[HEAD] = LayerGroup(HEAD)
+    block_prefix = f"{prefix}.{path}."
+    for name, param in model.named_parameters():
+        groups[_group_of(name, prefix, block_prefix, container, model_type)].params.append((name, param))
+    ordered = list(groups.values())
+    if not groups[EMBEDDINGS].params:
+        raise HftlError(
+            f"hftl cannot map `{type(model).__name__}` (model_type `{model_type}`) to layer groups: no embedding "
+            f"parameters were found in its base model `{prefix}`. Supported: {SUPPORTED}."
+        )
+    if not groups[HEAD].params:
+        raise HftlError(
+            f"`{type(model).__name__}` has no task head outside its backbone. Load it with a task class such as "
+            "AutoModelForSequenceClassification."
+        )
+    empty = [g.name for g in ordered if not g.params]
+    if empty:
+        raise HftlError(f"Layer groups {empty} of `{type(model).__name__}` hold no parameters; hftl cannot map it.")
+    return ordered
+
+
+def _group_of(name: str, prefix: str, block_prefix: str, container: str, model_type: str) -> str:
+    if name.startswith(block_prefix):
+        return f"layer.{name[len(block_prefix):].split('.', 1)[0]}"
+    if not name.startswith(prefix + "."):
+        return HEAD  # classifier, pre_classifier, ... outside the base model
+    relative = name[len(prefix) + 1 :]
+    if _is_embedding(relative):
+        return EMBEDDINGS
+    if container and relative.startswith(container + ".") and model_type in INPUT_SIDE_ENCODER_EXTRAS:
+        return EMBEDDINGS
+    return HEAD  # pooler, final norm: they sit on top of the last block
+
+
+def backbone_size(groups: list[LayerGroup]) -> int:
+    return sum(1 for g in groups if not g.is_head)

@@ -1,0 +1,107 @@
+"""Optimizer parameter groups with layer-wise learning rates baked in.
+
+Each layer group becomes up to two optimizer groups (with and without weight decay) whose `lr`
+is the final learning rate: the Trainer's schedulers (LambdaLR) multiply each group's initial lr,
+so a scale stored anywhere else would be lost. Frozen parameters are in the optimizer too: they
+have no gradient, so AdamW skips them, and a later phase can unfreeze them without a new
+optimizer (DESIGN rule 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from hftl.layers import LayerGroup, backbone_size
+
+# Parameters that are positions or special tokens, not weights to shrink toward zero.
+NO_DECAY_NAMES = frozenset(
+    {
+        "position_embeddings",
+        "position_embedding",
+        "rel_embeddings",
+        "cls_token",
+        "mask_token",
+        "register_tokens",
+        "distillation_token",
+        "logit_scale",
+    }
+)
+
+
+def no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm scales (ndim <= 1) and named position/token embeddings get no weight decay."""
+    return param.ndim <= 1 or any(part in NO_DECAY_NAMES for part in name.split("."))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    group: str  # optimizer group name, e.g. "layer.5" or "layer.5/no_decay"
+    lr: float
+    weight_decay: float
+
+
+def group_lrs(groups: list[LayerGroup], learning_rate: float, layer_decay: float, head_lr: float | None):
+    """lr per layer group: learning_rate * layer_decay**distance from the top block; head_lr for the head."""
+    n = backbone_size(groups)
+    lrs = {}
+    for index, group in enumerate(groups):
+        if group.is_head:
+            lrs[group.name] = learning_rate if head_lr is None else head_lr
+        else:
+            lrs[group.name] = learning_rate * layer_decay ** (n - 1 - index)
+    return lrs
+
+
+def assign(groups: list[LayerGroup], lrs: dict[str, float], weight_decay: float) -> dict[str, Assignment]:
+    """{parameter name: Assignment}, each parameter exactly once."""
+    out: dict[str, Assignment] = {}
+    for group in groups:
+        for name, param in group.params:
+            if name in out:
+                raise AssertionError(f"parameter {name} is in two layer groups")
+            if no_decay(name, param):
+                out[name] = Assignment(f"{group.name}/no_decay", lrs[group.name], 0.0)
+            else:
+                out[name] = Assignment(group.name, lrs[group.name], weight_decay)
+    return out
+
+
+def clean_name(name: str) -> str:
+    """Parameter name without the wrappers DDP/FSDP/compile/checkpointing put in front."""
+    for wrapper in ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def param_groups(model: nn.Module, assignment: dict[str, Assignment]) -> list[dict]:
+    """Optimizer groups for `model` (possibly wrapped); asserts every parameter lands in one group."""
+    by_group: dict[str, dict] = {}
+    seen = set()
+    for raw_name, param in model.named_parameters():
+        name = clean_name(raw_name)
+        if name not in assignment:
+            raise AssertionError(f"parameter {name} is in no layer group")
+        if id(param) in seen:
+            raise AssertionError(f"parameter {name} appears twice")
+        seen.add(id(param))
+        a = assignment[name]
+        entry = by_group.setdefault(a.group, {"params": [], "lr": a.lr, "weight_decay": a.weight_decay, "name": a.group})
+        entry["params"].append(param)
+    check_coverage(model, list(by_group.values()))
+    return list(by_group.values())
+
+
+def check_coverage(model: nn.Module, groups: list[dict]) -> None:
+    """Every parameter of the model is in exactly one optimizer group."""
+    counts: dict[int, int] = {}
+    for group in groups:
+        for param in group["params"]:
+            counts[id(param)] = counts.get(id(param), 0) + 1
+    for name, param in model.named_parameters():
+        n = counts.get(id(param), 0)
+        if n != 1:
+            raise AssertionError(f"parameter {name} is in {n} optimizer groups, expected exactly 1")
+    if len(counts) != len({id(p) for p in model.parameters()}):
+        raise AssertionError("optimizer groups hold tensors that are not parameters of the model")

@@ -1,0 +1,116 @@
+"""`hftl plan` and `hftl train`: build the model and its plan, then (for train) fine-tune it.
+
+Order matters for "nothing already written is lost": every check that can fail on bad input
+(config, output_dir, data, model, plan) runs before the first file is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import set_seed
+
+from hftl import card
+from hftl.config import RunConfig, check_output_dir, write_resolved
+from hftl.freeze import FreezePlan
+from hftl.layers import LayerGroup, layer_groups
+from hftl.optim import Assignment, assign, group_lrs
+from hftl.plan import PlanRow, plan_rows, text_table, write_plan
+from hftl.tasks import get_task
+
+
+@dataclass
+class Built:
+    task: object
+    raw: object
+    labels: object
+    model: object
+    processor: object
+    groups: list[LayerGroup]
+    assignment: dict[str, Assignment]
+    rows: list[PlanRow]
+
+
+def build(config: RunConfig) -> Built:
+    """Data, model and plan, with every input check done; writes nothing."""
+    if config.model.from_scratch and config.transfer.strategy != "full":
+        print(f"hftl: from_scratch trains every layer: strategy `{config.transfer.strategy}` becomes `full`.")
+        config.transfer.strategy = "full"
+    task = get_task(config.transfer.task)
+    raw, labels = task.load_data(config)
+    set_seed(config.training.seed)  # the new head's initialisation is part of the run
+    model, processor = task.build_model(config, labels)
+    groups = layer_groups(model)
+    FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze)).apply(groups)
+    lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
+    assignment = assign(groups, lrs, config.training.weight_decay)
+    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment))
+
+
+def _title(config: RunConfig) -> str:
+    origin = "from scratch" if config.model.from_scratch else config.transfer.strategy
+    return f"{config.model.model_name_or_path} · {origin}"
+
+
+def plan(config: RunConfig) -> Built:
+    built = build(config)
+    print(text_table(built.rows))
+    paths = write_plan(built.rows, config.training.output_dir, _title(config))
+    print(f"hftl: plan written to {', '.join(str(p) for p in paths)}")
+    return built
+
+
+def train(config: RunConfig, command: str) -> dict:
+    check_output_dir(config)
+    built = build(config)
+    args = config.training
+    encoded = built.task.encode(config, built.raw, built.processor)
+    main_process = args.process_index == 0
+    if main_process:
+        print(text_table(built.rows))
+        write_plan(built.rows, args.output_dir, _title(config))
+        write_resolved(config, Path(args.output_dir) / "hftl_config.yaml")
+
+    def write_card(output_dir: str, metrics: dict | None = None) -> None:
+        if metrics is None:
+            path = Path(output_dir, "all_results.json")
+            metrics = json.loads(path.read_text()) if path.exists() else {}
+        text = card.render(config, built.rows, metrics, command, built.labels.names, built.task.PIPELINE_TASK)
+        card.write(output_dir, text)
+
+    trainer = _trainer(config, built, encoded, write_card)
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.replica_check(args.output_dir)
+    metrics = dict(result.metrics)
+    if "validation" in encoded:
+        metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))
+    if "test" in encoded:
+        metrics.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
+    trainer.save_model()
+    trainer.log_metrics("final", metrics)
+    trainer.save_metrics("all", metrics, combined=False)
+    trainer.save_state()
+    if main_process:
+        write_card(args.output_dir, metrics)
+        print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
+
+
+def _trainer(config: RunConfig, built: Built, encoded, write_card):
+    from hftl.trainer import TransferTrainer
+
+    return TransferTrainer(
+        model=built.model,
+        args=config.training,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded.get("validation"),
+        processing_class=built.processor,
+        data_collator=built.task.collator(built.processor),
+        compute_metrics=built.task.compute_metrics_fn(built.labels),
+        assignment=built.assignment,
+        write_card=write_card,
+    )

@@ -45,10 +45,10 @@ def _read(data: DataArgs, trust_remote_code: bool) -> DatasetDict:
         return builtin.load_dataset(data.dataset)
     files = _local_files(data)
     if files:
-        builders = {_builder(f) for f in files.values()}
-        if len(builders) > 1:
+        builders = [_builder(f) for f in files.values()]
+        if any(b != builders[0] for b in builders):
             raise HftlError("train/validation/test files must share one file type; convert them to the same format.")
-        (name, kwargs), = builders
+        name, kwargs = builders[0]
         return _load(name, data_files=files, **kwargs)
     if not data.dataset:
         raise HftlError("No data given. Set `dataset` (Hub name, local file/folder or builtin:NAME) or `train_file`.")

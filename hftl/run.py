@@ -7,6 +7,7 @@ Order matters for "nothing already written is lost": every check that can fail o
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from transformers import set_seed
 
 from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
-from hftl.freeze import FreezePlan
+from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
 from hftl.optim import Assignment, assign, group_lrs
 from hftl.plan import PlanRow, plan_rows, text_table, write_plan
@@ -44,6 +45,7 @@ def build(config: RunConfig) -> Built:
     model, processor = task.build_model(config, labels)
     groups = layer_groups(model)
     FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze)).apply(groups)
+    set_frozen_eval(model, config.transfer.eval_frozen)
     lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     assignment = assign(groups, lrs, config.training.weight_decay)
     return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment))
@@ -62,8 +64,20 @@ def plan(config: RunConfig) -> Built:
     return built
 
 
+def _hide_token(config: RunConfig) -> None:
+    """Move a command-line hub token into the environment, where huggingface_hub finds it.
+
+    The Trainer pickles TrainingArguments into training_args.bin in every checkpoint and in the
+    pushed folder; a token left in the arguments would be uploaded with the model.
+    """
+    if config.training.hub_token:
+        os.environ["HF_TOKEN"] = config.training.hub_token
+        config.training.hub_token = None
+
+
 def train(config: RunConfig, command: str) -> dict:
     check_output_dir(config)
+    _hide_token(config)
     built = build(config)
     args = config.training
     encoded = built.task.encode(config, built.raw, built.processor)

@@ -24,6 +24,11 @@ class TransferTrainer(Trainer):
         self.assignment = assignment
         self.write_card = write_card
         super().__init__(*args, **kwargs)
+        # hftl's models return a per-batch mean loss and ignore `num_items_in_batch`. Left True (set for
+        # any forward taking **kwargs), the Trainer treats that mean as already normalised: it skips the
+        # division by gradient_accumulation_steps and multiplies by world_size under DDP, so losses and
+        # gradients (hence max_grad_norm clipping) would grow with accumulation steps and ranks.
+        self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -47,7 +52,7 @@ class TransferTrainer(Trainer):
         gradient all-reduce drifts silently); the check costs one all-gather at the end.
         """
         world = self.args.world_size
-        if world <= 1 or not torch.distributed.is_initialized():
+        if world <= 1 or not torch.distributed.is_initialized() or self._sharded():
             return None
         mine = fingerprints(self.model)
         gathered: list = [None] * world
@@ -62,6 +67,15 @@ class TransferTrainer(Trainer):
             status = "identical on all ranks" if in_sync else "DIFFERENT across ranks: report this as a bug"
             print(f"hftl: replica check over {world} ranks: weights {status}.")
         return report
+
+    def _sharded(self) -> bool:
+        """FSDP and ZeRO-3 hold a different shard per rank: equal replicas are not expected."""
+        return bool(self.is_fsdp_enabled) or _zero_stage(self) == 3
+
+
+def _zero_stage(trainer: Trainer) -> int:
+    plugin = getattr(getattr(trainer.accelerator, "state", None), "deepspeed_plugin", None)
+    return getattr(plugin, "zero_stage", 0) if trainer.is_deepspeed_enabled else 0
 
 
 def fingerprints(model: torch.nn.Module) -> dict[str, tuple[float, float]]:

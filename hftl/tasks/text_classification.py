@@ -129,14 +129,14 @@ def _check_unseen(raw: DatasetDict, labels: Labels) -> None:
         if split not in raw:
             continue
         column = raw[split]["labels"]
-        unknown = sum(1 for v in column if v is None or v == -1)
+        unknown = {str(v) for v, code in zip(raw[split][labels.column], column) if code is None or code == -1}
         unseen = _used_classes(column, labels) - seen
         if unknown or unseen:
-            names = sorted(labels.names[i] for i in unseen)
-            what = f"classes {names}" if names else f"{unknown} labels outside the training label set"
+            names = sorted({labels.names[i] for i in unseen} | unknown)
+            shown = ", ".join(f"`{n}`" for n in names[:10]) + (" ..." if len(names) > 10 else "")
             raise HftlError(
-                f"The {split} split has {what} never seen in training. Check `label_column`, or make the "
-                "training data cover every class (a stratified split does)."
+                f"The {split} split has labels never seen in training: {shown}. Check `label_column`, or make "
+                "the training data cover every class (a stratified split does)."
             )
 
 

@@ -1,0 +1,36 @@
+# hftl: `make demo` runs the offline demo fine-tuning, `make test` runs the tests.
+# Each creates the virtual environment in .venv on first use and installs what it needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0# CPU wheel here; on a GPU machine pip picks the CUDA build of the same release
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hftl-installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: demo demo-scratch test test-fast env clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[builtin,test]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --overwrite_output_dir true
+
+demo-scratch: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --from_scratch true \
+		--output_dir runs/demo-text-classification-scratch --overwrite_output_dir true
+
+test: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

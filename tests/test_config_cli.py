@@ -7,22 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import sentiment_rows, write_csv, write_recipe
 from hftl.cli import main
 from hftl.config import load_config
 from hftl.errors import HftlError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on 2 shared cores they lose up to 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -16,15 +16,6 @@ from hftl.layers import layer_groups
 from hftl.optim import assign, group_lrs, no_decay, param_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on 2 shared cores they lose up to 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def bert(tiny_bert):
     torch.manual_seed(0)
@@ -281,3 +272,50 @@ def test_transfer_trainer_optimizer_carries_the_plan(tiny_bert, sentiment_csv, t
     assert not torch.equal(
         after["bert.encoder.layer.1.output.dense.weight"].detach(), before["bert.encoder.layer.1.output.dense.weight"]
     )
+
+
+# ---------------------------------------------------------------- frozen modules in eval mode
+
+
+def _dropout_modes(model) -> dict[str, bool]:
+    return {n: m.training for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+
+
+def test_frozen_modules_stay_in_eval_mode_under_train(bert, groups):
+    import copy
+
+    from hftl.freeze import set_frozen_eval
+
+    FreezePlan("partial", unfrozen_groups=1).apply(groups)
+    pinned = set_frozen_eval(bert)
+    assert pinned == ["bert.embeddings", "bert.encoder.layer.0"]
+    bert.train()
+    modes = _dropout_modes(bert)
+    assert not any(v for n, v in modes.items() if n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")))
+    assert all(v for n, v in modes.items() if n.startswith("bert.encoder.layer.1."))
+    assert bert.dropout.training  # the head's dropout still regularises
+    # Frozen features are deterministic in train mode: same input, same hidden state from layer.0.
+    ids = torch.randint(5, 20, (2, 8))
+    outs = [bert.bert.encoder.layer[0](bert.bert.embeddings(ids))[0] for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    # A deep copy pins its own modules, not the original's.
+    twin = copy.deepcopy(bert)
+    bert.eval()
+    twin.train()
+    assert twin.bert.encoder.layer[1].training and not twin.bert.encoder.layer[0].training
+    assert not bert.bert.encoder.layer[1].training
+
+
+def test_frozen_eval_is_undone_by_a_new_plan_and_can_be_off(bert, groups):
+    from hftl.freeze import set_frozen_eval
+
+    FreezePlan("feature_extraction").apply(groups)
+    assert set_frozen_eval(bert)
+    FreezePlan("full").apply(groups)
+    assert set_frozen_eval(bert) == []
+    bert.train()
+    assert all(_dropout_modes(bert).values())
+    FreezePlan("feature_extraction").apply(groups)
+    assert set_frozen_eval(bert, enabled=False) == []
+    bert.train()
+    assert all(_dropout_modes(bert).values())

@@ -337,3 +337,16 @@ def test_builtin_bbc_news_test_articles_are_not_in_train():
     train = set(splits["train"]["text"])
     assert not [t for t in splits["test"]["text"] if t in train]
     assert not [t for t in splits["validation"]["text"] if t in train]
+
+
+def test_max_length_is_capped_at_the_model_positions(tmp_path, tiny_bert, sentiment_csv):
+    """The tiny tokenizer allows 64 tokens; asking for 500 must not index past the position table."""
+    long_rows = [{"text": " ".join(["good"] * 120), "label": "pos"}, {"text": " ".join(["bad"] * 120), "label": "neg"}] * 20
+    write_csv(tmp_path / "long.csv", long_rows)
+    recipe = write_recipe(
+        tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(tmp_path / "long.csv"),
+        output_dir=str(tmp_path / "out"), max_length=500, max_steps=2,
+    )
+    stdout = _train([str(recipe)])
+    assert "max_length 500 exceeds the model's 64 positions; using 64" in stdout
+    assert (tmp_path / "out" / "model.safetensors").is_file()

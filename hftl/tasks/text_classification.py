@@ -184,13 +184,17 @@ def build_model(config: RunConfig, labels: Labels):
 
 def encode(config: RunConfig, raw: DatasetDict, tokenizer) -> DatasetDict:
     data = config.data
+    limit = getattr(tokenizer, "model_max_length", None) or data.max_length
+    max_length = min(data.max_length, limit)  # past the position table the model would index out of range
+    if max_length < data.max_length:
+        print(f"hftl: max_length {data.max_length} exceeds the model's {limit} positions; using {limit}.")
 
     def tokenize(batch):
         first = [t if t is not None else "" for t in batch[data.text_column]]
         second = None
         if data.text_pair_column:
             second = [t if t is not None else "" for t in batch[data.text_pair_column]]
-        return tokenizer(first, second, truncation=True, max_length=data.max_length)
+        return tokenizer(first, second, truncation=True, max_length=max_length)
 
     out = DatasetDict()
     for split, ds in raw.items():

@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hftl-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
+EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
+
 .PHONY: demo demo-scratch test test-fast env clean
 
 $(STAMP): pyproject.toml
@@ -24,7 +26,7 @@ demo: $(STAMP)
 
 demo-scratch: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --from_scratch true \
-		--output_dir runs/demo-text-classification-scratch --overwrite_output_dir true
+		--output_dir runs/demo-text-classification-scratch --overwrite_output_dir true $(EXTRA)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -21,6 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from hftl.errors import HftlError
 
 STRATEGIES = ("feature_extraction", "partial", "full")
+CACHE_MODES = ("auto", "off", "memory", "disk")
 
 
 @dataclass
@@ -63,6 +64,9 @@ class TransferArgs:
     head_lr: float | None = None  # lr of the new head; None uses learning_rate
     freeze: list[str] = field(default_factory=list)  # extra regexes over parameter names to freeze
     eval_frozen: bool = True  # frozen modules run without dropout: deterministic features, 2x faster on CPU
+    cache_features: str = field(
+        default="auto", metadata={"help": "auto | off | memory | disk: run a frozen backbone once, train the head on its outputs"}
+    )  # auto: on whenever only the head trains
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
 
 
@@ -144,6 +148,7 @@ def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConf
     parser.allow_abbrev = False  # `--lr` must not silently mean `--lr_scheduler_type`
     for action in parser._actions:
         action.required = False
+    parser.set_defaults(**fast_defaults(values, overrides or []))
     parser.set_defaults(**values)
     overrides = list(overrides or [])
     try:
@@ -163,6 +168,28 @@ def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConf
     return config
 
 
+# TrainingArguments defaults hftl changes, per task: length-grouped batches waste little on padding.
+TASK_TRAINING_DEFAULTS = {"text-classification": {"train_sampling_strategy": "group_by_length"}}
+
+
+def fast_defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """hftl's defaults for TrainingArguments fields; the recipe and the command line still win."""
+    task = values.get("task", "text-classification")
+    if "--task" in overrides[:-1]:
+        task = overrides[overrides.index("--task") + 1]
+    defaults = dict(TASK_TRAINING_DEFAULTS.get(task, {}))
+    given = set(values) | {o[2:].split("=")[0] for o in overrides if o.startswith("--")}
+    if not given & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
+        defaults["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
+    return defaults
+
+
+def _gpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def validate(config: RunConfig) -> None:
     """Checks that need no model or data; the rest happen where the facts are known."""
     if not config.model.model_name_or_path:
@@ -172,6 +199,10 @@ def validate(config: RunConfig) -> None:
         hint = f" Did you mean `{near[0]}`?" if near else ""
         raise HftlError(
             f"Unknown strategy `{config.transfer.strategy}`.{hint} Choose one of: {', '.join(STRATEGIES)}."
+        )
+    if config.transfer.cache_features not in CACHE_MODES:
+        raise HftlError(
+            f"cache_features must be one of {', '.join(CACHE_MODES)} (got `{config.transfer.cache_features}`)."
         )
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")

@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import set_seed
+from transformers import default_data_collator, set_seed
 
 from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
+from hftl.features import BackboneSwap, cached_splits, should_cache
 from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
 from hftl.optim import Assignment, assign, group_lrs
@@ -94,7 +95,15 @@ def train(config: RunConfig, command: str) -> dict:
         text = card.render(config, built.rows, metrics, command, built.labels.names, built.task.PIPELINE_TASK)
         card.write(output_dir, text)
 
-    trainer = _trainer(config, built, encoded, write_card)
+    collator, swap, lengths = built.task.collator(built.processor), None, None
+    if should_cache(config, built.groups, built.task):
+        swap = BackboneSwap.of(built.model)
+        lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
+        encoded = cached_splits(built.model, encoded, collator, config)
+        swap.detach()
+        collator = default_data_collator
+    trainer = _trainer(config, built, encoded, write_card, collator, swap)
+    trainer.train_lengths = lengths
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.replica_check(args.output_dir)
     metrics = dict(result.metrics)
@@ -102,6 +111,8 @@ def train(config: RunConfig, command: str) -> dict:
         metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))
     if "test" in encoded:
         metrics.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
+    if swap is not None:
+        swap.attach()  # from here on (save, push) the model is whole
     trainer.save_model()
     trainer.log_metrics("final", metrics)
     trainer.save_metrics("all", metrics, combined=False)
@@ -114,7 +125,7 @@ def train(config: RunConfig, command: str) -> dict:
     return metrics
 
 
-def _trainer(config: RunConfig, built: Built, encoded, write_card):
+def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap):
     from hftl.trainer import TransferTrainer
 
     return TransferTrainer(
@@ -123,8 +134,9 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card):
         train_dataset=encoded["train"],
         eval_dataset=encoded.get("validation"),
         processing_class=built.processor,
-        data_collator=built.task.collator(built.processor),
+        data_collator=collator,
         compute_metrics=built.task.compute_metrics_fn(built.labels),
         assignment=built.assignment,
         write_card=write_card,
+        backbone_swap=swap,
     )

@@ -8,6 +8,7 @@ push_to_hub, DDP/FSDP/DeepSpeed through Accelerate) is the Trainer's own code pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -15,14 +16,24 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from hftl.optim import Assignment, clean_name, param_groups
 
 
 class TransferTrainer(Trainer):
-    def __init__(self, *args, assignment: dict[str, Assignment], write_card: Callable[[str], None] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        assignment: dict[str, Assignment],
+        write_card: Callable[[str], None] | None = None,
+        backbone_swap=None,
+        **kwargs,
+    ):
         self.assignment = assignment
         self.write_card = write_card
+        self.backbone_swap = backbone_swap  # features.BackboneSwap when training on cached features
+        self.train_lengths: list[int] | None = None  # token counts of the examples behind cached features
         super().__init__(*args, **kwargs)
         # hftl's models return a per-batch mean loss and ignore `num_items_in_batch`. Left True (set for
         # any forward taking **kwargs), the Trainer treats that mean as already normalised: it skips the
@@ -39,6 +50,40 @@ class TransferTrainer(Trainer):
                 optimizer_kwargs.pop(key, None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches over cached features use the lengths of the original texts."""
+        if self.train_lengths is not None and self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.train_lengths
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Cached features all have length 1: evaluate them in order, not grouped by text length."""
+        if self.backbone_swap is None or self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_eval_sampler(eval_dataset)
+        self.args.train_sampling_strategy = "sequential"
+        try:
+            return super()._get_eval_sampler(eval_dataset)
+        finally:
+            self.args.train_sampling_strategy = "group_by_length"
+
+    def _whole_model(self):
+        """Saving and loading see the full model, also while the head trains on cached features."""
+        return self.backbone_swap.whole() if self.backbone_swap is not None else contextlib.nullcontext()
+
+    def _save(self, *args, **kwargs):
+        with self._whole_model():
+            return super()._save(*args, **kwargs)
+
+    def _load_from_checkpoint(self, *args, **kwargs):
+        with self._whole_model():
+            return super()._load_from_checkpoint(*args, **kwargs)
+
+    def _load_best_model(self, *args, **kwargs):
+        with self._whole_model():
+            return super()._load_best_model(*args, **kwargs)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Called by push_to_hub: write hftl's card instead of the generic draft."""

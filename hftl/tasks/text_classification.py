@@ -20,6 +20,7 @@ from hftl.data import load_splits
 from hftl.errors import HftlError
 
 PIPELINE_TASK = "text-classification"
+CACHEABLE = True  # the heads read only the first token of the last hidden state; no augmentation
 
 
 @dataclass

@@ -3,7 +3,7 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0# CPU wheel here; on a GPU machine pip picks the CUDA build of the same release
+TORCH ?= torch==2.13.0# a local CPU wheel on the project's machines; elsewhere add --index-url .../whl/cpu for CPU
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hftl-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -15,7 +15,7 @@ EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_r
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[builtin,test]"
 	touch $(STAMP)
 

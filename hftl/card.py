@@ -77,7 +77,7 @@ def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, 
 
 # {Path(config.training.output_dir).name}
 
-Fine-tuned with [hftl](https://pypi.org/project/hftl/) for {pipeline_tag}.
+Fine-tuned with hftl (layer-wise learning rates and a freeze plan on the Hugging Face Trainer) for {pipeline_tag}.
 
 - **Base model:** {_source(config.model.model_name_or_path)}
 - **Data:** {_source(data)}; text column `{config.data.text_column}`{f" + `{config.data.text_pair_column}`" if config.data.text_pair_column else ""}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})

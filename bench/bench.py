@@ -165,17 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run, comparison 2")
     parser.add_argument("--samples", type=int, default=800, help="training reviews, comparison 3")
     parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--only", default="1,2,3", help="comparisons to run, e.g. --only 1,3")
     args = parser.parse_args(argv)
     import torch
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        print("1/3 full with layer-wise lrs vs plain Trainer", flush=True)
-        rows.append(full_vs_plain(tmp, args.steps, args.repeats))
-        print("2/3 feature extraction: cache vs none", flush=True)
-        rows.append(cache_vs_none(tmp, args.epochs, max(1, args.repeats - 1)))
-        print("3/3 dynamic padding vs pad to max_length", flush=True)
-        rows.append(dynamic_vs_max_length(tmp, args.samples, max(1, args.repeats - 1), args.max_length))
+        wanted = {int(x) for x in args.only.split(",")}
+        if 1 in wanted:
+            print("1/3 full with layer-wise lrs vs plain Trainer", flush=True)
+            rows.append(full_vs_plain(tmp, args.steps, args.repeats))
+        if 2 in wanted:
+            print("2/3 feature extraction: cache vs none", flush=True)
+            rows.append(cache_vs_none(tmp, args.epochs, max(1, args.repeats - 1)))
+        if 3 in wanted:
+            print("3/3 dynamic padding vs pad to max_length", flush=True)
+            rows.append(dynamic_vs_max_length(tmp, args.samples, max(1, args.repeats - 1), args.max_length))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     text = write_table(
         args.out, "hftl vs plain Trainer", ["comparison", "measured (median)", "ratio", "setup"], rows,

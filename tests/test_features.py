@@ -89,3 +89,24 @@ def test_impossible_cache_requests_are_refused(runs, tmp_path, capsys, extra, me
     rc = main(["train", str(runs["auto"]["recipe"]), "--output_dir", str(tmp_path / "new"), *extra])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_torch_compile_works_with_the_freeze_plan(tmp_path, tiny_bert, sentiment_csv):
+    """torch_compile on a partly frozen model: it trains, frozen weights stay put, names stay clean."""
+    from transformers import AutoModel
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
+        test_file=str(sentiment_csv / "test.csv"), output_dir=str(tmp_path / "out"), strategy="partial",
+        unfrozen_groups=1, learning_rate=3e-3, num_train_epochs=4, seed=0, torch_compile=True,
+    )
+    rc, stdout = _run(recipe)
+    assert rc == 0, stdout[-2000:]
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert not any("_orig_mod" in k for k in saved)
+    original = AutoModel.from_pretrained(tiny_bert).state_dict()
+    for key in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
+        assert (saved[f"bert.{key}"] == original[key]).all(), key
+    assert not (saved["bert.encoder.layer.1.output.dense.weight"] == original["encoder.layer.1.output.dense.weight"]).all()
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["test_accuracy"] >= 0.9

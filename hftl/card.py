@@ -5,6 +5,7 @@ It never holds a token: the reproduce command and the config pass through `redac
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -23,7 +24,9 @@ STRATEGY_TEXT = {
 
 def reproduce_command(recipe: str, overrides: list[str]) -> str:
     """`hftl train RECIPE --k v ...` with the value of any token-like key replaced."""
-    words, hide = ["hftl", "train", recipe], False
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    launcher = ["accelerate", "launch", "--num_processes", str(world), "-m"] if world > 1 else []
+    words, hide = [*launcher, "hftl", "train", recipe], False
     for word in overrides:
         if hide and not word.startswith("--"):
             words.append("<redacted>")

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks badly under DataLoader workers
-    if len(argv) >= 1 and argv[0] in ("train", "plan") and any(a in ("-h", "--help") for a in argv[1:2]):
+    if len(argv) >= 1 and argv[0] in ("train", "plan") and any(a in ("-h", "--help") for a in argv[1:]):
         from hftl.config import cli_help
 
         print(USAGE + "\n" + cli_help())

@@ -54,7 +54,7 @@ class FreezePlan:
                 examples = ", ".join(names[:3] + names[-2:])
                 raise HftlError(
                     f"freeze pattern `{pattern}` matches no parameter. Patterns are regexes searched in "
-                    f"parameter names such as: {examples}. Run `hftl plan` to see the names."
+                    f"parameter names such as: {examples}. The plan's groups (`hftl plan`) tell which part is which."
                 )
             frozen |= hits
         return frozen

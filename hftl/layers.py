@@ -26,11 +26,12 @@ BLOCK_PATHS = {
     "distilbert": "transformer.layer",
     "deberta": "encoder.layer",
     "deberta-v2": "encoder.layer",
+    "mpnet": "encoder.layer",
 }
 # Encoder-level modules beside the blocks that feed every block (DeBERTa's relative position
 # embeddings and their norm) belong to the input side, not the head.
-INPUT_SIDE_ENCODER_EXTRAS = {"deberta", "deberta-v2"}
-SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2) and models of the same structure"
+INPUT_SIDE_ENCODER_EXTRAS = {"deberta", "deberta-v2", "mpnet"}  # MPNet: relative_attention_bias
+SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2), MPNet and models of the same structure"
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"

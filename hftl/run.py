@@ -134,6 +134,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     encoded = built.task.encode(config, built.raw, built.processor)
     main_process = args.process_index == 0
     if main_process:
+        Path(args.output_dir, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
         print(text_table(built.rows))
         write_plan(built.rows, args.output_dir, _title(config))
         write_resolved(config, Path(args.output_dir) / "hftl_config.yaml")

@@ -85,3 +85,38 @@ def test_deberta_v2_plans_through_the_cli(tmp_path, tiny_bert, sentiment_csv):
     assert main(["plan", str(recipe_path)]) == 0
     table = (out / "plan.md").read_text()
     assert "| embeddings |" in table and "| layer.1 |" in table and "frozen" in table
+
+
+def test_empty_validation_label_is_named_as_empty(tmp_path, recipe, capsys):
+    train = write_csv(tmp_path / "t.csv", [{"text": "good", "label": ["pos", "neg"][i % 2]} for i in range(20)])
+    val = write_csv(tmp_path / "v.csv", [{"text": "good", "label": "pos"}, {"text": "bad", "label": ""}])
+    message = _error(capsys, ["plan", recipe(train_file=str(train), validation_file=str(val), test_file=None)])
+    assert "1 rows with an empty label" in message
+
+
+def test_help_after_the_recipe_lists_the_keys(recipe, capsys):
+    assert main(["train", recipe(), "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--unfrozen_groups" in out and "--learning_rate" in out
+
+
+def test_mpnet_relative_bias_is_input_side():
+    from transformers import AutoModelForSequenceClassification, MPNetConfig
+
+    from hftl.layers import layer_groups
+
+    model = AutoModelForSequenceClassification.from_config(
+        MPNetConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    )
+    groups = {g.name: [n for n, _ in g.params] for g in layer_groups(model)}
+    assert list(groups) == ["embeddings", "layer.0", "layer.1", "head"]
+    assert "mpnet.encoder.relative_attention_bias.weight" in groups["embeddings"]
+
+
+def test_reproduce_command_names_the_launcher_under_distributed(monkeypatch):
+    from hftl.card import reproduce_command
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    command = reproduce_command("r.yaml", ["--hub_token", "hf_secret", "--seed", "1"])
+    assert command.startswith("accelerate launch --num_processes 2 -m hftl train r.yaml")
+    assert "hf_secret" not in command and "--seed 1" in command

@@ -142,7 +142,13 @@ def _check_unseen(raw: DatasetDict, labels: Labels) -> None:
         if split not in raw:
             continue
         column = raw[split]["labels"]
-        unknown = {str(v) for v, code in zip(raw[split][labels.column], column) if code is None or code == -1}
+        originals = raw[split][labels.column]
+        empty = sum(1 for v in originals if v is None or (isinstance(v, str) and not v.strip()))
+        if empty:
+            raise HftlError(
+                f"The {split} split has {empty} rows with an empty label in `{labels.column}`. Fill or drop them."
+            )
+        unknown = {str(v) for v, code in zip(originals, column) if code is None or code == -1}
         unseen = _used_classes(column, labels) - seen
         if unknown or unseen:
             names = sorted({labels.names[i] for i in unseen} | unknown)
@@ -237,7 +243,7 @@ def compute_metrics_fn(labels: Labels):
         return {
             "accuracy": accuracy.compute(predictions=pred, references=refs)["accuracy"],
             "f1_macro": f1.compute(
-                predictions=pred, references=refs, average="macro", labels=list(range(len(labels.names)))
+                predictions=pred, references=refs, average="macro"  # over the classes present in the split
             )["f1"],
         }
 

@@ -67,6 +67,8 @@ class TransferArgs:
     cache_features: str = field(
         default="auto", metadata={"help": "auto | off | memory | disk: run a frozen backbone once, train the head on its outputs"}
     )  # auto: on whenever only the head trains
+    head_warmup_epochs: float = 0  # LP-FT: train the head alone this long, then the plan's groups
+    unfreeze_every: float = 0  # gradual unfreezing: one more group, top down, every N epochs (0: off)
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
 
 
@@ -267,6 +269,8 @@ def validate(config: RunConfig) -> None:
         raise HftlError(
             f"cache_features must be one of {', '.join(CACHE_MODES)} (got `{config.transfer.cache_features}`)."
         )
+    if config.transfer.head_warmup_epochs < 0 or config.transfer.unfreeze_every < 0:
+        raise HftlError("head_warmup_epochs and unfreeze_every must be >= 0 (0 turns them off).")
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
     if not 0 < config.data.validation_split < 1:

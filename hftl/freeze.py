@@ -76,14 +76,15 @@ def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def set_frozen_eval(model: nn.Module, enabled: bool = True) -> list[str]:
+def set_frozen_eval(model: nn.Module, enabled: bool = True, frozen: set[str] | None = None) -> list[str]:
     """Keep every fully frozen module in eval mode (no dropout); return the modules pinned.
 
     A frozen block cannot adapt to dropout noise, so dropping units there only perturbs the
     features the trainable layers see; in eval mode frozen features are deterministic (and
     cacheable) and attention takes the fused kernel, about twice as fast on CPU. The pin is a
     per-instance `train` override, so the Trainer's and DDP's `model.train()` respect it, and it
-    is undone first, so re-applying after a plan change unpins groups that now train.
+    is undone first, so re-applying after a plan change unpins groups that now train. `frozen`
+    names the parameters to treat as frozen (a phase's inactive groups); default: no grad.
     """
     for module in model.modules():
         if "train" in module.__dict__:
@@ -94,8 +95,9 @@ def set_frozen_eval(model: nn.Module, enabled: bool = True) -> list[str]:
     for name, module in model.named_modules():
         if any(name.startswith(p + ".") for p in pinned):
             continue
-        params = list(module.parameters())
-        if name and params and not any(p.requires_grad for p in params):
+        params = list(module.named_parameters(prefix=name))
+        is_frozen = (lambda n, p: n in frozen) if frozen is not None else (lambda n, p: not p.requires_grad)
+        if name and params and all(is_frozen(n, p) for n, p in params):
             module.train = types.MethodType(_eval_only_train, module)
             module.train(model.training)
             pinned.append(name)

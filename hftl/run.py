@@ -21,6 +21,7 @@ from hftl.errors import HftlError
 from hftl.features import BackboneSwap, cached_splits, should_cache
 from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
+from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
 from hftl.optim import Assignment, assign, group_lrs
 from hftl.plan import PlanRow, plan_rows, text_table, write_plan
 from hftl.tasks import get_task
@@ -36,6 +37,7 @@ class Built:
     groups: list[LayerGroup]
     assignment: dict[str, Assignment]
     rows: list[PlanRow]
+    phases: list[Phase]
 
 
 def build(config: RunConfig) -> Built:
@@ -48,13 +50,15 @@ def build(config: RunConfig) -> Built:
     set_seed(config.training.seed)  # the new head's initialisation is part of the run
     model, processor = task.build_model(config, labels)
     groups = layer_groups(model)
-    state = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze)).apply(groups)
+    plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
+    state = plan.apply(groups)
+    phases = schedule(groups, plan.group_trains(groups), config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
     if not any(state.values()):
         raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
     lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     assignment = assign(groups, lrs, config.training.weight_decay)
-    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment))
+    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases)
 
 
 def _title(config: RunConfig) -> str:
@@ -65,6 +69,8 @@ def _title(config: RunConfig) -> str:
 def plan(config: RunConfig) -> Built:
     built = build(config)
     print(text_table(built.rows))
+    if len(built.phases) > 1:
+        print("\n".join(describe(built.phases)))
     paths = write_plan(built.rows, config.training.output_dir, _title(config))
     print(f"hftl: plan written to {', '.join(str(p) for p in paths)}")
     return built
@@ -126,6 +132,8 @@ def _check_best_metric(config: RunConfig, built: Built) -> None:
 def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
     check_output_dir(config)
     _resolve_resume(config)
+    if config.training.resume_from_checkpoint:
+        check_resume(config.training.resume_from_checkpoint, config)
     _check_integrations(config)
     _hide_token(config)
     built = build(config)
@@ -136,6 +144,8 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     if main_process:
         Path(args.output_dir, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
         print(text_table(built.rows))
+        if len(built.phases) > 1:
+            print("\n".join(describe(built.phases)))
         write_plan(built.rows, args.output_dir, _title(config))
         write_resolved(config, Path(args.output_dir) / "hftl_config.yaml")
 
@@ -192,4 +202,7 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swa
         assignment=built.assignment,
         write_card=write_card,
         backbone_swap=swap,
+        phases=PhaseController(built.model, built.groups, built.phases, config.transfer.eval_frozen)
+        if len(built.phases) > 1 else None,
+        plan_record=lambda folder: write_plan_record(folder, config, built.phases),
     )

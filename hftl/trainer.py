@@ -28,13 +28,19 @@ class TransferTrainer(Trainer):
         assignment: dict[str, Assignment],
         write_card: Callable[[str], None] | None = None,
         backbone_swap=None,
+        phases=None,
+        plan_record: Callable[[str], None] | None = None,
         **kwargs,
     ):
         self.assignment = assignment
         self.write_card = write_card
         self.backbone_swap = backbone_swap  # features.BackboneSwap when training on cached features
         self.train_lengths: list[int] | None = None  # token counts of the examples behind cached features
+        self.phases = phases  # phases.PhaseController when the run has more than one phase
+        self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
         super().__init__(*args, **kwargs)
+        if phases is not None:
+            self.add_callback(phases)
         # hftl's models return a per-batch mean loss and ignore `num_items_in_batch`. Left True (set for
         # any forward taking **kwargs), the Trainer treats that mean as already normalised: it skips the
         # division by gradient_accumulation_steps and multiplies by world_size under DDP, so losses and
@@ -68,6 +74,19 @@ class TransferTrainer(Trainer):
             return super()._get_eval_sampler(eval_dataset)
         finally:
             self.args.train_sampling_strategy = "group_by_length"
+
+    def _clip_grad_norm(self, model):
+        """Groups not active yet in this phase lose their gradient before it counts anywhere."""
+        if self.phases is not None:
+            self.phases.drop_inactive_grads()
+        return super()._clip_grad_norm(model)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.plan_record is not None and self.is_world_process_zero():
+            folder = Path(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            if folder.is_dir():
+                self.plan_record(str(folder))
 
     def _whole_model(self):
         """Saving and loading see the full model, also while the head trains on cached features."""

@@ -1,0 +1,130 @@
+"""Training phases: LP-FT (head first) and gradual unfreezing (one group at a time, top down).
+
+A phase is a span of training with one set of active layer groups. The recipe's freeze plan is
+the last phase; earlier phases are subsets of it. Every parameter that trains in any phase has
+`requires_grad=True` from step 0, so DDP/FSDP register it and all-reduce its gradient on every
+step; a group that is not active yet has its (synchronised) gradient dropped before clipping and
+the optimizer step, so AdamW neither moves it nor builds state for it, and its modules stay in
+eval mode. The phase is a pure function of the epoch, so a resumed run is in the same phase as
+the run it continues, with the optimizer state it saved (no rebuild, ever).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+from transformers import TrainerCallback
+
+from hftl.errors import HftlError
+from hftl.freeze import set_frozen_eval
+from hftl.layers import LayerGroup
+
+PLAN_FILE = "hftl_plan.json"
+
+
+@dataclass(frozen=True)
+class Phase:
+    start_epoch: float
+    groups: tuple[str, ...]  # active layer groups
+
+
+def schedule(groups: list[LayerGroup], trains: dict[str, bool], head_warmup_epochs: float, unfreeze_every: float) -> list[Phase]:
+    """Phases from the final plan `trains`: head only first, then all at once (LP-FT) or top down."""
+    final = tuple(g.name for g in groups if trains[g.name])
+    if not head_warmup_epochs and not unfreeze_every:
+        return [Phase(0.0, final)]
+    head = tuple(g.name for g in groups if g.is_head)
+    backbone = [g.name for g in groups if not g.is_head and trains[g.name]]
+    if not backbone:
+        raise HftlError(
+            "Phases need backbone groups to unfreeze, but the plan trains only the head. Use strategy partial or full "
+            "with head_warmup_epochs or unfreeze_every."
+        )
+    phases = [Phase(0.0, head)]
+    if not unfreeze_every:
+        return phases + [Phase(float(head_warmup_epochs), final)]
+    start = float(head_warmup_epochs or unfreeze_every)
+    for k in range(1, len(backbone) + 1):
+        active = set(head) | set(backbone[-k:])
+        phases.append(Phase(start + (k - 1) * unfreeze_every, tuple(g.name for g in groups if g.name in active)))
+    return phases
+
+
+def phase_at(phases: list[Phase], epoch: float) -> int:
+    index = 0
+    for i, phase in enumerate(phases):
+        if epoch + 1e-9 >= phase.start_epoch:
+            index = i
+    return index
+
+
+def describe(phases: list[Phase]) -> list[str]:
+    lines = []
+    for i, phase in enumerate(phases):
+        new = [g for g in phase.groups if i == 0 or g not in phases[i - 1].groups]
+        lines.append(f"phase {i} from epoch {phase.start_epoch:g}: {'+' if i else ''}{', '.join(new)}")
+    return lines
+
+
+class PhaseController(TrainerCallback):
+    """Keeps the active set in step with the epoch; the trainer asks it which gradients to keep."""
+
+    def __init__(self, model: nn.Module, groups: list[LayerGroup], phases: list[Phase], eval_frozen: bool):
+        self.model, self.groups, self.phases, self.eval_frozen = model, groups, phases, eval_frozen
+        self.current = -1
+        self.inactive: list[nn.Parameter] = []
+
+    def enter(self, index: int) -> None:
+        if index == self.current:
+            return
+        active = set(self.phases[index].groups)
+        inactive_names = {n for g in self.groups if g.name not in active for n, _ in g.params}
+        self.inactive = [p for g in self.groups if g.name not in active for _, p in g.params if p.requires_grad]
+        set_frozen_eval(self.model, self.eval_frozen, frozen=inactive_names)
+        if self.current >= 0 or index > 0:
+            print(f"hftl: {describe(self.phases)[index]}", flush=True)
+        self.current = index
+
+    def drop_inactive_grads(self) -> None:
+        for param in self.inactive:
+            param.grad = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.enter(phase_at(self.phases, state.epoch or 0.0))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.enter(phase_at(self.phases, state.epoch or 0.0))
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.drop_inactive_grads()  # also when max_grad_norm is 0 and no clipping ran
+
+
+def plan_record(config) -> dict:
+    t = config.transfer
+    return {
+        "strategy": t.strategy, "unfrozen_groups": t.unfrozen_groups if t.strategy == "partial" else None,
+        "freeze": list(t.freeze), "head_warmup_epochs": t.head_warmup_epochs, "unfreeze_every": t.unfreeze_every,
+    }
+
+
+def write_plan_record(folder: str | Path, config, phases: list[Phase]) -> None:
+    record = {"plan": plan_record(config), "phases": [asdict(p) for p in phases]}
+    Path(folder, PLAN_FILE).write_text(json.dumps(record, indent=1))
+
+
+def check_resume(checkpoint: str, config) -> None:
+    """A checkpoint trained under another freeze plan would resume into a different phase sequence."""
+    path = Path(checkpoint, PLAN_FILE)
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())["plan"]
+    now = plan_record(config)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, recipe {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    if diffs:
+        raise HftlError(
+            f"Checkpoint `{checkpoint}` was trained with another freeze plan ({'; '.join(diffs)}). Resume with the "
+            "checkpoint's settings, or start a new run in a fresh output_dir."
+        )

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import default_data_collator, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
@@ -94,18 +93,37 @@ def _resolve_resume(config: RunConfig) -> None:
         return
     out = config.training.output_dir
     if str(value).lower() in ("true", "last"):
-        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        last = _last_complete_checkpoint(out)
         if last is None:
             raise HftlError(
                 f"resume_from_checkpoint={value} but `{out}` holds no checkpoint-* folder. Train with a save_strategy "
                 "first, or pass the checkpoint folder's path."
             )
         config.training.resume_from_checkpoint = last
-    elif not os.path.isfile(os.path.join(value, "trainer_state.json")):
+    elif not _complete(Path(value)):
         raise HftlError(
-            f"resume_from_checkpoint `{value}` is not a checkpoint folder (no trainer_state.json). Pass a "
+            f"resume_from_checkpoint `{value}` is not a complete checkpoint folder (weights, trainer state and RNG "
+            "state; a run killed while saving leaves an incomplete one). Pass a "
             f"`{out}/checkpoint-N` folder, or `true` for the newest one."
         )
+
+
+def _complete(folder: Path) -> bool:
+    """The Trainer writes weights, optimizer, trainer_state.json, then RNG state: all there = finished."""
+    weights = any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin"))
+    return weights and (folder / "trainer_state.json").is_file() and any(folder.glob("rng_state*.pth"))
+
+
+def _last_complete_checkpoint(out: str) -> str | None:
+    """Newest checkpoint-N that was fully written; a kill during a save leaves a partial one behind."""
+    if not os.path.isdir(out):
+        return None
+    folders = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    for folder in reversed(folders):
+        if _complete(folder):
+            return str(folder)
+        print(f"hftl: skipping {folder.name}: incomplete (the run stopped while saving it).")
+    return None
 
 
 def _check_integrations(config: RunConfig) -> None:

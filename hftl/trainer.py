@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from hftl.optim import Assignment, clean_name, param_groups
 
@@ -58,12 +58,18 @@ class TransferTrainer(Trainer):
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
-        """Length-grouped batches over cached features use the lengths of the original texts."""
-        if self.train_lengths is not None and self.args.train_sampling_strategy == "group_by_length":
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.train_lengths
-            )
-        return super()._get_train_sampler(train_dataset)
+        """Length-grouped batches, reproducible per epoch (so a resumed run sees the same order); over
+        cached features they use the lengths of the original texts."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        if self.train_lengths is not None:
+            return EpochLengthGroupedSampler(size, lengths=self.train_lengths, seed=seed)
+        if "input_ids" not in getattr(dataset, "column_names", []):
+            return super()._get_train_sampler(train_dataset)
+        return EpochLengthGroupedSampler(size, dataset=dataset, model_input_name="input_ids", seed=seed)
 
     def _get_eval_sampler(self, eval_dataset):
         """Cached features all have length 1: evaluate them in order, not grouped by text length."""
@@ -135,6 +141,25 @@ class TransferTrainer(Trainer):
     def _sharded(self) -> bool:
         """FSDP and ZeRO-3 hold a different shard per rank: equal replicas are not expected."""
         return bool(self.is_fsdp_enabled) or _zero_stage(self) == 3
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """LengthGroupedSampler whose order is a function of (seed, epoch) alone.
+
+    The stock sampler draws from the global RNG when iterated; a run resumed mid-epoch restores
+    that RNG at a different point and so trains on a different order than the run it continues.
+    """
+
+    def __init__(self, batch_size: int, seed: int, **kwargs):
+        super().__init__(batch_size, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def _zero_stage(trainer: Trainer) -> int:

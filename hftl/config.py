@@ -69,6 +69,9 @@ class TransferArgs:
     )  # auto: on whenever only the head trains
     head_warmup_epochs: float = 0  # LP-FT: train the head alone this long, then the plan's groups
     unfreeze_every: float = 0  # gradual unfreezing: one more group, top down, every N epochs (0: off)
+    l2_sp: float = 0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights (0: off)
+    early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
+    early_stopping_threshold: float = 0.0  # the least change that counts as an improvement
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
 
 
@@ -271,6 +274,15 @@ def validate(config: RunConfig) -> None:
         )
     if config.transfer.head_warmup_epochs < 0 or config.transfer.unfreeze_every < 0:
         raise HftlError("head_warmup_epochs and unfreeze_every must be >= 0 (0 turns them off).")
+    if config.transfer.l2_sp < 0:
+        raise HftlError(f"l2_sp must be >= 0 (got {config.transfer.l2_sp}); 0 turns it off, 0.01-0.1 is typical.")
+    if config.transfer.early_stopping_patience:
+        args = config.training
+        if not args.load_best_model_at_end or args.eval_strategy == "no":
+            raise HftlError(
+                "early_stopping_patience needs evaluations and the best model kept: set eval_strategy and "
+                "save_strategy (both `epoch` or both `steps`) and `load_best_model_at_end: true`."
+            )
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
     if not 0 < config.data.validation_split < 1:

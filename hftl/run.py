@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import default_data_collator, set_seed
+from transformers import EarlyStoppingCallback, default_data_collator, set_seed
 
 from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
@@ -22,6 +22,7 @@ from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
 from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
 from hftl.optim import Assignment, assign, group_lrs
+from hftl.regularize import L2SP
 from hftl.plan import PlanRow, plan_rows, text_table, write_plan
 from hftl.tasks import get_task
 
@@ -209,6 +210,8 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
 def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap):
     from hftl.trainer import TransferTrainer
 
+    t = config.transfer
+
     return TransferTrainer(
         model=built.model,
         args=config.training,
@@ -223,4 +226,7 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swa
         phases=PhaseController(built.model, built.groups, built.phases, config.transfer.eval_frozen)
         if len(built.phases) > 1 else None,
         plan_record=lambda folder: write_plan_record(folder, config, built.phases),
+        regularizer=L2SP(built.groups, config.transfer.l2_sp) if config.transfer.l2_sp else None,
+        callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)]
+        if t.early_stopping_patience else None,
     )

@@ -30,6 +30,7 @@ class TransferTrainer(Trainer):
         backbone_swap=None,
         phases=None,
         plan_record: Callable[[str], None] | None = None,
+        regularizer=None,
         **kwargs,
     ):
         self.assignment = assignment
@@ -38,6 +39,7 @@ class TransferTrainer(Trainer):
         self.train_lengths: list[int] | None = None  # token counts of the examples behind cached features
         self.phases = phases  # phases.PhaseController when the run has more than one phase
         self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
+        self.regularizer = regularizer  # regularize.L2SP or None: a penalty added to the task loss
         super().__init__(*args, **kwargs)
         if phases is not None:
             self.add_callback(phases)
@@ -80,6 +82,14 @@ class TransferTrainer(Trainer):
             return super()._get_eval_sampler(eval_dataset)
         finally:
             self.args.train_sampling_strategy = "group_by_length"
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.regularizer is None or not model.training:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + self.regularizer.penalty().to(loss.device, loss.dtype)
+        return (loss, outputs) if return_outputs else loss
 
     def _clip_grad_norm(self, model):
         """Groups not active yet in this phase lose their gradient before it counts anywhere."""

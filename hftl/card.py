@@ -19,6 +19,7 @@ STRATEGY_TEXT = {
     "feature_extraction": "feature extraction: the pre-trained backbone is frozen and only the new head trains",
     "partial": "partial fine-tuning: the top {n} backbone groups and the head train; the rest is frozen",
     "full": "full fine-tuning: every layer trains, with lower learning rates toward the input",
+    "lora": "LoRA: low-rank adapters in every block's attention projections train, with the head; the backbone is frozen",
 }
 
 

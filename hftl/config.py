@@ -20,7 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from hftl.errors import HftlError
 
-STRATEGIES = ("feature_extraction", "partial", "full")
+STRATEGIES = ("feature_extraction", "partial", "full", "lora")
 CACHE_MODES = ("auto", "off", "memory", "disk")
 
 
@@ -58,7 +58,7 @@ class DataArgs:
 @dataclass
 class TransferArgs:
     task: str = "text-classification"
-    strategy: str = field(default="full", metadata={"help": "feature_extraction | partial | full"})
+    strategy: str = field(default="full", metadata={"help": "feature_extraction | partial | full | lora"})
     unfrozen_groups: int = 2  # partial: how many top backbone groups train beside the head
     layer_decay: float = 0.9  # lr multiplier per group of depth below the top block
     head_lr: float | None = None  # lr of the new head; None uses learning_rate
@@ -69,6 +69,11 @@ class TransferArgs:
     )  # auto: on whenever only the head trains
     head_warmup_epochs: float = 0  # LP-FT: train the head alone this long, then the plan's groups
     unfreeze_every: float = 0  # gradual unfreezing: one more group, top down, every N epochs (0: off)
+    lora_r: int = 8  # LoRA rank: 8 adapts a base-size encoder with ~0.3% of its weights
+    lora_alpha: int = 16  # LoRA scale alpha/r = 2, the common choice
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=list)  # empty: query/value projections of the family
+    merge_lora: bool = False  # save a plain merged model (adapters folded in) instead of the adapter folder
     l2_sp: float = 0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights (0: off)
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
     early_stopping_threshold: float = 0.0  # the least change that counts as an improvement
@@ -274,6 +279,10 @@ def validate(config: RunConfig) -> None:
         )
     if config.transfer.head_warmup_epochs < 0 or config.transfer.unfreeze_every < 0:
         raise HftlError("head_warmup_epochs and unfreeze_every must be >= 0 (0 turns them off).")
+    if config.transfer.strategy == "lora" and (
+        config.transfer.head_warmup_epochs or config.transfer.unfreeze_every or config.transfer.freeze
+    ):
+        raise HftlError("strategy lora trains adapters and the head from step 0: drop head_warmup_epochs, unfreeze_every and freeze.")
     if config.transfer.l2_sp < 0:
         raise HftlError(f"l2_sp must be >= 0 (got {config.transfer.l2_sp}); 0 turns it off, 0.01-0.1 is typical.")
     if config.transfer.early_stopping_patience:

@@ -20,7 +20,7 @@ from hftl.layers import LayerGroup, backbone_size
 
 @dataclass(frozen=True)
 class FreezePlan:
-    strategy: str  # feature_extraction | partial | full
+    strategy: str  # feature_extraction | partial | full | lora (backbone frozen here; adapters added later)
     unfrozen_groups: int = 0  # partial: top backbone groups that train
     patterns: tuple[str, ...] = ()  # extra regexes (re.search) over parameter names to freeze
 

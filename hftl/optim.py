@@ -73,6 +73,7 @@ WRAPPERS = frozenset({"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoin
 
 def clean_name(name: str) -> str:
     """Parameter name without the wrappers DDP/FSDP/compile/checkpointing put in front."""
+    name = name.removeprefix("base_model.model.")  # peft's wrapper around the task model
     parts = name.split(".")
     return ".".join(p for p in parts if p not in WRAPPERS or p == parts[-1])
 

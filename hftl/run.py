@@ -52,7 +52,14 @@ def build(config: RunConfig) -> Built:
     groups = layer_groups(model)
     plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
     state = plan.apply(groups)
-    phases = schedule(groups, plan.group_trains(groups), config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
+    if config.transfer.strategy == "lora":
+        from hftl import lora
+
+        model = lora.wrap(model, config, groups)
+        groups = layer_groups(model.get_base_model())  # adapters land in their block's group
+        state = {n: p.requires_grad for g in groups for n, p in g.params}
+    trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
+    phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
     if not any(state.values()):
         raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
@@ -196,6 +203,10 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     if swap is not None:
         swap.attach()  # from here on (save, push) the model is whole
     trainer.save_model()
+    if config.transfer.strategy == "lora" and main_process:
+        from hftl import lora
+
+        lora.save_for_inference(built.model, args.output_dir, config.transfer.merge_lora, built.processor)
     trainer.log_metrics("final", metrics)
     trainer.save_metrics("all", metrics, combined=False)
     trainer.save_state()

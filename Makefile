@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: demo demo-scratch test test-fast bench env clean
+.PHONY: demo demo-scratch demo-forgetting test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ demo-scratch: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q
+
+demo-forgetting: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/forgetting.yaml --overwrite_output_dir true
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/forgetting.yaml --l2_sp 1.0 --output_dir runs/demo-forgetting-l2sp --overwrite_output_dir true
+	$(BIN)/python -c "import json; print('| run | BBC test acc | fine-foods 5-NN before | after | forgetting |'); \
+	[print(f'| {n} | {r[\"test_accuracy\"]:.4f} | {r[\"source_knn_accuracy_before\"]:.4f} | {r[\"source_knn_accuracy_after\"]:.4f} | {r[\"source_forgetting\"]:+.4f} |') \
+	for n in ('demo-forgetting', 'demo-forgetting-l2sp') for r in [json.load(open(f'runs/{n}/all_results.json'))]]"
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/bench.py --out bench/results.md

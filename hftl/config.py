@@ -74,6 +74,8 @@ class TransferArgs:
     lora_dropout: float = 0.1
     lora_target_modules: list[str] = field(default_factory=list)  # empty: query/value projections of the family
     merge_lora: bool = False  # save a plain merged model (adapters folded in) instead of the adapter folder
+    source_eval: str | None = None  # labelled text data for the forgetting report (k-NN on embeddings)
+    source_eval_samples: int = 1000  # memory size of that k-NN; half as many queries
     l2_sp: float = 0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights (0: off)
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
     early_stopping_threshold: float = 0.0  # the least change that counts as an improvement

@@ -18,6 +18,7 @@ from hftl import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
 from hftl.errors import HftlError
 from hftl.features import BackboneSwap, cached_splits, should_cache
+from hftl.forgetting import knn_accuracy
 from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
 from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
@@ -182,6 +183,9 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         text = card.render(config, built.rows, metrics, command, built.labels.names, built.task.PIPELINE_TASK)
         card.write(output_dir, text)
 
+    source = {}
+    if config.transfer.source_eval:  # before training and before any backbone swap
+        source["source_knn_accuracy_before"] = knn_accuracy(built.model, built.processor, config)
     collator, swap, lengths = built.task.collator(built.processor), None, None
     if should_cache(config, built.groups, built.task):
         swap = BackboneSwap.of(built.model)
@@ -202,6 +206,10 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         metrics.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
     if swap is not None:
         swap.attach()  # from here on (save, push) the model is whole
+    if source:
+        source["source_knn_accuracy_after"] = knn_accuracy(built.model, built.processor, config)
+        source["source_forgetting"] = source["source_knn_accuracy_before"] - source["source_knn_accuracy_after"]
+        metrics.update(source)
     trainer.save_model()
     if config.transfer.strategy == "lora" and main_process:
         from hftl import lora

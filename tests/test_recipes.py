@@ -33,7 +33,7 @@ def tiny12(tmp_path_factory) -> dict[str, Path]:
 def test_recipe_set_is_complete():
     names = {(p.parent.name, p.name) for p in TEXT_RECIPES}
     for model in ("bert-base-uncased", "roberta-base"):
-        for strategy in ("feature-extraction", "partial", "full"):
+        for strategy in ("feature-extraction", "partial", "full", "gradual", "lora"):
             assert (model, f"{strategy}.yaml") in names
 
 
@@ -59,12 +59,18 @@ def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
     assert main(["plan", str(recipe), *overrides]) == 0
     table = capsys.readouterr().out
     states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    if values["strategy"] == "lora":  # adapters in every block, the head's trained copy: all partly trainable
+        assert states["embeddings"] == "frozen"
+        assert all(s == "partly" for g, s in states.items() if g != "embeddings")
+        return
     expected_trainable = {
         "feature_extraction": {"head"},
         "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
         "full": set(states),
     }[values["strategy"]]
     assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
+    if values.get("unfreeze_every"):
+        assert "phase 13 from epoch 7: +embeddings" in table
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=_rel)

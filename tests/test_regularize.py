@@ -65,3 +65,29 @@ def test_early_stopping_stops_and_needs_evaluations(tiny_bert, sentiment_csv, tm
     capsys.readouterr()
     assert main(["train", str(recipe), "--output_dir", str(tmp_path / "p"), "--load_best_model_at_end", "false"]) == 2
     assert "load_best_model_at_end" in capsys.readouterr().err
+
+
+def test_forgetting_report_measures_the_source_before_and_after(tiny_bert, sentiment_csv, tmp_path):
+    """Source = the sentiment task itself as k-NN on embeddings; a frozen backbone cannot forget."""
+    from conftest import sentiment_rows, write_csv
+
+    source = tmp_path / "source"
+    source.mkdir()
+    write_csv(source / "train.csv", sentiment_rows(60, seed=5))
+    write_csv(source / "test.csv", sentiment_rows(30, seed=6))
+    results = {}
+    for strategy in ("feature_extraction", "full"):
+        out = tmp_path / strategy
+        recipe = write_recipe(tmp_path / f"{strategy}.yaml", model_name_or_path=str(tiny_bert),
+                              train_file=str(sentiment_csv / "train.csv"), output_dir=str(out), strategy=strategy,
+                              learning_rate=3e-2, num_train_epochs=2, seed=0, source_eval=str(source),
+                              source_eval_samples=60)
+        assert main(["train", str(recipe)]) == 0
+        results[strategy] = json.loads((out / "all_results.json").read_text())
+        assert 0 <= results[strategy]["source_knn_accuracy_before"] <= 1
+    frozen = results["feature_extraction"]
+    assert frozen["source_knn_accuracy_after"] == frozen["source_knn_accuracy_before"]
+    assert frozen["source_forgetting"] == 0
+    moved = results["full"]
+    assert moved["source_knn_accuracy_before"] == frozen["source_knn_accuracy_before"]
+    assert moved["source_knn_accuracy_after"] != moved["source_knn_accuracy_before"]

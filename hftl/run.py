@@ -156,25 +156,47 @@ def _check_best_metric(config: RunConfig, built: Built) -> None:
         )
 
 
-def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
+def _preflight(config: RunConfig) -> None:
+    """Checks that need no model: output_dir, resume checkpoint, integrations; then the token moves out."""
     check_output_dir(config)
     _resolve_resume(config)
     if config.training.resume_from_checkpoint:
         check_resume(config.training.resume_from_checkpoint, config)
     _check_integrations(config)
     _hide_token(config)
+
+
+def _write_plan_files(config: RunConfig, built: Built) -> None:
+    out = config.training.output_dir
+    Path(out, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
+    print(text_table(built.rows))
+    if len(built.phases) > 1:
+        print("\n".join(describe(built.phases)))
+    write_plan(built.rows, out, _title(config))
+    write_resolved(config, Path(out) / "hftl_config.yaml")
+
+
+def _inputs(config: RunConfig, built: Built, encoded):
+    """(datasets, collator, backbone swap, train lengths): cached features when only the head trains."""
+    collator = built.task.collator(built.processor)
+    if not should_cache(config, built.groups, built.task):
+        return encoded, collator, None, None
+    swap = BackboneSwap.of(built.model)
+    lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
+    cached = cached_splits(built.model, encoded, collator, config)
+    swap.detach()
+    return cached, default_data_collator, swap, lengths
+
+
+def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
+    _preflight(config)
     built = build(config)
     _check_best_metric(config, built)
     args = config.training
     encoded = built.task.encode(config, built.raw, built.processor)
     main_process = args.process_index == 0
     if main_process:
-        Path(args.output_dir, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
-        print(text_table(built.rows))
-        if len(built.phases) > 1:
-            print("\n".join(describe(built.phases)))
-        write_plan(built.rows, args.output_dir, _title(config))
-        write_resolved(config, Path(args.output_dir) / "hftl_config.yaml")
+        _write_plan_files(config, built)
 
     def write_card(output_dir: str, metrics: dict | None = None) -> None:
         if metrics is None:
@@ -183,16 +205,8 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         text = card.render(config, built.rows, metrics, command, built.labels.names, built.task.PIPELINE_TASK)
         card.write(output_dir, text)
 
-    source = {}
-    if config.transfer.source_eval:  # before training and before any backbone swap
-        source["source_knn_accuracy_before"] = knn_accuracy(built.model, built.processor, config)
-    collator, swap, lengths = built.task.collator(built.processor), None, None
-    if should_cache(config, built.groups, built.task):
-        swap = BackboneSwap.of(built.model)
-        lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
-        encoded = cached_splits(built.model, encoded, collator, config)
-        swap.detach()
-        collator = default_data_collator
+    source_before = knn_accuracy(built.model, built.processor, config) if config.transfer.source_eval else None
+    encoded, collator, swap, lengths = _inputs(config, built, encoded)
     trainer = _trainer(config, built, encoded, write_card, collator, swap)
     for callback in callbacks or []:
         trainer.add_callback(callback)
@@ -200,17 +214,23 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.replica_check(args.output_dir)
     metrics = dict(result.metrics)
-    if "validation" in encoded:
-        metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))
-    if "test" in encoded:
-        metrics.update(trainer.evaluate(encoded["test"], metric_key_prefix="test"))
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in encoded:
+            metrics.update(trainer.evaluate(encoded[split], metric_key_prefix=prefix))
     if swap is not None:
         swap.attach()  # from here on (save, push) the model is whole
-    if source:
-        source["source_knn_accuracy_after"] = knn_accuracy(built.model, built.processor, config)
-        source["source_forgetting"] = source["source_knn_accuracy_before"] - source["source_knn_accuracy_after"]
-        metrics.update(source)
+    if source_before is not None:
+        after = knn_accuracy(built.model, built.processor, config)
+        metrics.update(source_knn_accuracy_before=source_before, source_knn_accuracy_after=after,
+                       source_forgetting=source_before - after)
+    _save(config, built, trainer, metrics, write_card)
+    return metrics
+
+
+def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -> None:
+    args = config.training
     trainer.save_model()
+    main_process = args.process_index == 0
     if config.transfer.strategy == "lora" and main_process:
         from hftl import lora
 
@@ -223,7 +243,6 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
     if args.push_to_hub:
         trainer.push_to_hub()
-    return metrics
 
 
 def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap):

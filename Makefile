@@ -34,7 +34,7 @@ test: $(STAMP)
 demo-forgetting: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/forgetting.yaml --overwrite_output_dir true
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/forgetting.yaml --l2_sp 1.0 --output_dir runs/demo-forgetting-l2sp --overwrite_output_dir true
-	$(BIN)/python -c "import json; print('| run | BBC test acc | fine-foods 5-NN before | after | forgetting |'); \
+	$(BIN)/python -c "import json; print('| run | fine-foods test acc | BBC 5-NN before | after | forgetting |'); \
 	[print(f'| {n} | {r[\"test_accuracy\"]:.4f} | {r[\"source_knn_accuracy_before\"]:.4f} | {r[\"source_knn_accuracy_after\"]:.4f} | {r[\"source_forgetting\"]:+.4f} |') \
 	for n in ('demo-forgetting', 'demo-forgetting-l2sp') for r in [json.load(open(f'runs/{n}/all_results.json'))]]"
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from timing import StepTimer, interleave, median, write_table  # noqa: E402
+from timing import StepTimer, interleave, median, steps_per_second, write_table  # noqa: E402
 
 DEMO = ROOT / "recipes" / "demo" / "text-classification.yaml"
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--logging_strategy", "no"]
@@ -55,21 +55,11 @@ def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
         built.task.model_source(cfg), config=built.model.config
     )
 
-    def side(make):
-        def measure() -> float:
-            timer = StepTimer(skip=2)
-            trainer = make()
-            trainer.add_callback(timer)
-            trainer.train()
-            return len(timer.step_times) / sum(timer.step_times)
-
-        return measure
-
     common = {"args": cfg.training, "train_dataset": data, "data_collator": collator}
     results = interleave(
         {
-            "plain Trainer": side(lambda: Trainer(model=plain_model, **common)),
-            "hftl full + layer-wise lrs": side(
+            "plain Trainer": steps_per_second(lambda: Trainer(model=plain_model, **common)),
+            "hftl full + layer-wise lrs": steps_per_second(
                 lambda: TransferTrainer(model=built.model, assignment=built.assignment, **common)
             ),
         },

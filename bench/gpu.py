@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from timing import StepTimer, interleave, median, write_table  # noqa: E402
+from timing import interleave, median, steps_per_second, write_table  # noqa: E402
 
 
 @dataclass
@@ -127,14 +127,8 @@ def run_case(case: Case, args, tmp: str) -> list[list[str]]:
     fraction = trainable / sum(p.numel() for p in frozen_model.parameters())
 
     def side(make):
-        def measure() -> float:
-            timer = StepTimer(skip=2)
-            trainer = make()
-            trainer.add_callback(timer)
-            trainer.train()
-            return case.batch * len(timer.step_times) / sum(timer.step_times)
-
-        return measure
+        steps = steps_per_second(make)
+        return lambda: case.batch * steps()  # samples/s
 
     frozen_name = f"hftl, bottom {n_blocks - unfrozen} of {n_blocks} blocks frozen"
     results = interleave(

@@ -45,6 +45,19 @@ class StepTimer(TrainerCallback):
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
 
 
+def steps_per_second(make_trainer: Callable[[], object], skip: int = 2) -> Callable[[], float]:
+    """A measurement for `interleave`: build a fresh trainer, train, return timed optimizer steps/s."""
+
+    def measure() -> float:
+        timer = StepTimer(skip=skip)
+        trainer = make_trainer()
+        trainer.add_callback(timer)
+        trainer.train()
+        return len(timer.step_times) / sum(timer.step_times)
+
+    return measure
+
+
 def interleave(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
     """Call each side once per round, in alternating order; return every measurement per side."""
     results: dict[str, list[float]] = {name: [] for name in sides}

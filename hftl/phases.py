@@ -75,6 +75,7 @@ class PhaseController(TrainerCallback):
     def __init__(self, model: nn.Module, groups: list[LayerGroup], phases: list[Phase], eval_frozen: bool):
         self.model, self.groups, self.phases, self.eval_frozen = model, groups, phases, eval_frozen
         self.current = -1
+        self.next_start = 0.0  # epoch at which the phase can change next: the per-step check is one compare
         self.inactive: list[nn.Parameter] = []
 
     def enter(self, index: int) -> None:
@@ -87,6 +88,7 @@ class PhaseController(TrainerCallback):
         if self.current >= 0 or index > 0:
             print(f"hftl: {describe(self.phases)[index]}", flush=True)
         self.current = index
+        self.next_start = self.phases[index + 1].start_epoch if index + 1 < len(self.phases) else float("inf")
 
     def drop_inactive_grads(self) -> None:
         for param in self.inactive:
@@ -96,7 +98,8 @@ class PhaseController(TrainerCallback):
         self.enter(phase_at(self.phases, state.epoch or 0.0))
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.enter(phase_at(self.phases, state.epoch or 0.0))
+        if (state.epoch or 0.0) + 1e-9 >= self.next_start:
+            self.enter(phase_at(self.phases, state.epoch or 0.0))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.drop_inactive_grads()  # also when max_grad_norm is 0 and no clipping ran

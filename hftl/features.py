@@ -8,7 +8,9 @@ feature, as a sequence of length 1) and the block list for an empty one, so the 
 (pooler, classifier) run exactly as in the full model. The swap is undone around every save, so
 checkpoints and the final folder hold the whole model.
 
-Text heads read only the first token of the last hidden state, so that token is what is cached.
+What is cached is the output of the last block: only its first token where the head reads no
+other (BERT-style text heads, ViT, DeiT), every token where the head pools them (DINOv2).
+Text features go in as `inputs_embeds`; image features go where `pixel_values` went.
 """
 
 from __future__ import annotations
@@ -29,12 +31,27 @@ FEATURES = "inputs_embeds"
 
 
 class PassThroughEmbeddings(nn.Module):
-    """Stands in for the embeddings module: the cached feature is already the encoder output."""
+    """Stands in for the embeddings module: the cached feature is already the encoder output.
+
+    Attributes it lacks are read from the original (ViT's forward reads the patch projection's
+    dtype), which is kept outside the module tree so its parameters leave the model."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_original"), name)
 
     def forward(self, *args, inputs_embeds=None, **kwargs):
-        if inputs_embeds is None:
-            raise RuntimeError("the backbone is swapped out for cached features; pass inputs_embeds")
-        return inputs_embeds
+        if inputs_embeds is not None:
+            return inputs_embeds
+        if args and torch.is_tensor(args[0]) and args[0].is_floating_point() and args[0].dim() == 3:
+            return args[0]  # image models: cached features [batch, tokens, hidden] in place of pixel_values
+        raise RuntimeError("the backbone is swapped out for cached features; pass them as inputs_embeds or pixel_values")
 
 
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -72,7 +89,7 @@ class BackboneSwap:
 
     def detach(self) -> None:
         if not self.detached:
-            self._set(self.embeddings_path, PassThroughEmbeddings())
+            self._set(self.embeddings_path, PassThroughEmbeddings(self.embeddings))
             self._set(self.blocks_path, nn.ModuleList())
             self.detached = True
 
@@ -106,6 +123,8 @@ def should_cache(config: RunConfig, groups: list[LayerGroup], task) -> bool:
         reasons.append("eval_frozen is false, so the frozen backbone would apply dropout")
     if not getattr(task, "CACHEABLE", False):
         reasons.append(f"task `{config.transfer.task}` does not support cached features")
+    elif hasattr(task, "cache_blockers"):
+        reasons += task.cache_blockers(config)
     if config.model.from_scratch:
         reasons.append("from_scratch")
     if reasons and mode in ("memory", "disk", "on"):
@@ -114,37 +133,55 @@ def should_cache(config: RunConfig, groups: list[LayerGroup], task) -> bool:
 
 
 @torch.inference_mode()
-def extract(model: nn.Module, dataset: Dataset, collator, batch_size: int, device) -> np.ndarray:
-    """First-token hidden state of the last block for every example, in dataset order."""
+def extract(model: nn.Module, dataset: Dataset, collator, batch_size: int, device, tokens: str = "first") -> np.ndarray:
+    """The last block's output for every example, in dataset order: [N, 1, hidden] for the first
+    token, [N, tokens, hidden] for all."""
+    from tqdm.auto import tqdm
+
     model.eval()
     base = model.base_model.to(device)
-    lengths = np.array([len(x) for x in dataset["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")  # similar lengths per batch: least padding
+    _, _, blocks = find_blocks(model)
+    captured = []
+    hook = blocks[-1].register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    if "input_ids" in dataset.column_names:
+        lengths = np.array([len(x) for x in dataset["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")  # similar lengths per batch: least padding
+    else:
+        order = np.arange(len(dataset))
     out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size].tolist()
-        rows = [{k: v for k, v in dataset[i].items() if k != "labels"} for i in idx]
-        batch = {k: v.to(device) for k, v in collator(rows).items()}
-        hidden = base(**batch).last_hidden_state[:, 0].float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(dataset), hidden.shape[-1]), dtype=np.float32)
-        out[idx] = hidden
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="Extracting features", disable=len(order) <= 4 * batch_size):
+            idx = order[start : start + batch_size].tolist()
+            rows = [{k: v for k, v in dataset[i].items() if k != "labels"} for i in idx]
+            batch = {k: v.to(device) for k, v in collator(rows).items()}
+            captured.clear()
+            base(**batch)
+            hidden = captured[-1]
+            hidden = (hidden[:, :1] if tokens == "first" else hidden).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(dataset), *hidden.shape[1:]), dtype=np.float32)
+            out[idx] = hidden
+    finally:
+        hook.remove()
     return out
 
 
-def cached_splits(model, encoded: DatasetDict, collator, config: RunConfig) -> DatasetDict:
-    """Every split as (inputs_embeds [1, hidden], attention_mask [1], labels)."""
+def cached_splits(model, encoded: DatasetDict, collator, config: RunConfig, task) -> DatasetDict:
+    """Every split as (features, labels): text adds an all-ones attention_mask to its inputs_embeds."""
     args = config.training
     result = DatasetDict()
+    key = getattr(task, "CACHE_INPUT", FEATURES)
+    tokens = task.cache_tokens(model) if hasattr(task, "cache_tokens") else "first"
     for split, ds in encoded.items():
-        feats = extract(model, ds, collator, args.per_device_eval_batch_size, args.device)
-        table = Dataset.from_dict(
-            {FEATURES: feats[:, None, :], "attention_mask": np.ones((len(ds), 1), dtype=np.int64), "labels": ds["labels"]}
-        )
+        feats = extract(model, ds, collator, args.per_device_eval_batch_size, args.device, tokens)
+        columns = {key: feats, "labels": ds["labels"]}
+        if key == FEATURES:
+            columns["attention_mask"] = np.ones(feats.shape[:2], dtype=np.int64)
+        table = Dataset.from_dict(columns)
         if config.transfer.cache_features == "disk":
             path = f"{args.output_dir}/feature_cache/{split}"
             table.save_to_disk(path)
             table = Dataset.load_from_disk(path)  # memory-mapped: the features need not fit in RAM
         result[split] = table.with_format("torch")
-        print(f"hftl: cached {len(ds)} {split} features of size {feats.shape[-1]} (backbone runs once).")
+        print(f"hftl: cached {len(ds)} {split} features of shape {list(feats.shape[1:])} (backbone runs once).")
     return result

@@ -25,6 +25,9 @@ DEFAULT_TARGETS = {
     "distilbert": ["q_lin", "v_lin"],
     "deberta-v2": ["query_proj", "value_proj"],
     "mpnet": ["q", "v"],
+    "vit": ["q_proj", "v_proj"],
+    "deit": ["q_proj", "v_proj"],
+    "dinov2": ["q_proj", "v_proj"],
 }
 
 
@@ -61,8 +64,10 @@ def wrap(model: nn.Module, config: RunConfig, groups: list[LayerGroup]):
             f"Candidates: {', '.join(candidates)}."
         )
     prefix = getattr(model, "base_model_prefix", "")
+    # SEQ_CLS wraps a forward that takes input_ids; image models take pixel_values through the plain wrapper
+    task_type = TaskType.SEQ_CLS if config.transfer.task == "text-classification" else None
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+        task_type=task_type, r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
         target_modules=targets, modules_to_save=_head_modules(groups, prefix),
     )
     return get_peft_model(model, lora)

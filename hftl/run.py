@@ -182,8 +182,10 @@ def _inputs(config: RunConfig, built: Built, encoded):
     if not should_cache(config, built.groups, built.task):
         return encoded, collator, None, None
     swap = BackboneSwap.of(built.model)
-    lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
-    cached = cached_splits(built.model, encoded, collator, config)
+    lengths = None
+    if "input_ids" in encoded["train"].column_names:
+        lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
+    cached = cached_splits(built.model, encoded, collator, config, built.task)
     swap.detach()
     return cached, default_data_collator, swap, lengths
 

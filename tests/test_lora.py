@@ -86,3 +86,31 @@ def test_lora_targets_that_match_nothing_list_candidates(lora_recipe, capsys):
     assert main(["plan", lora_recipe(), "--lora_target_modules", "q_proj"]) == 2
     err = capsys.readouterr().err
     assert "match no linear layer" in err and "query" in err and "value" in err
+
+
+def test_lora_on_a_vit_trains_adapters_and_reloads(tmp_path):
+    """Image models take pixel_values: LoRA wraps them without the text-only SEQ_CLS forward."""
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    model_dir = tmp_path / "vit"
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    ViTForImageClassification(config).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32 + i, 32), colour).save(tmp_path / "img" / cls / f"{i}.png")
+    recipe = write_recipe(tmp_path / "r.yaml", task="image-classification", model_name_or_path=str(model_dir),
+                          dataset=str(tmp_path / "img"), strategy="lora", lora_r=2, merge_lora=True,
+                          learning_rate=1e-2, num_train_epochs=1, per_device_train_batch_size=4,
+                          output_dir=str(tmp_path / "out"), report_to="none", seed=0, validation_split=0.25)
+    built = run.build(load_config(str(recipe)))
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert any("q_proj.lora_A" in n for n in trainable) and any("v_proj.lora_B" in n for n in trainable)
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    assert not any("k_proj.lora" in n for n in trainable)
+    assert main(["train", str(recipe)]) == 0
+    merged = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert merged.config.id2label == {0: "blue", 1: "red"}

@@ -106,3 +106,59 @@ def test_demo_recipe_plans(tmp_path, capsys):
     states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
     assert {g for g, s in states.items() if s == "trainable"} == {"layer.4", "layer.5", "head"}
     assert (tmp_path / "plan" / "plan.png").is_file()
+
+
+IMAGE_RECIPES = sorted((REPO / "recipes" / "image-classification").glob("*/*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_vit12(tmp_path_factory) -> tuple[Path, Path]:
+    """A 12-block ViT with its image processor, and a two-class image folder, standing in for the Hub's."""
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("tiny_vit12")
+    config = ViTConfig(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    ViTForImageClassification(config).save_pretrained(root / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "model")
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (root / "images" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (40 + i, 36), colour).save(root / "images" / cls / f"{i}.png")
+    return root / "model", root / "images"
+
+
+def test_image_recipe_set_is_complete():
+    names = {(p.parent.name, p.name) for p in IMAGE_RECIPES}
+    for strategy in ("feature-extraction", "partial", "full"):
+        assert ("vit-base-patch16-224-in21k", f"{strategy}.yaml") in names
+
+
+@pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=_rel)
+def test_image_recipe_plans(recipe, tiny_vit12, tmp_path, capsys):
+    lines = recipe.read_text().splitlines()
+    assert lines[0] == f"# hftl train {_rel(recipe)}"
+    assert lines[1].endswith(f"-m hftl train {_rel(recipe)}")
+    values = yaml.safe_load(recipe.read_text())
+    assert values["model_name_or_path"] == f"google/{recipe.parent.name}"
+    model, images = tiny_vit12
+    overrides = ["--model_name_or_path", str(model), "--dataset", str(images), "--bf16", "false", "--output_dir", str(tmp_path / "plan")]
+    assert main(["plan", str(recipe), *overrides]) == 0
+    table = capsys.readouterr().out
+    states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    expected_trainable = {
+        "feature_extraction": {"head"},
+        "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
+        "full": set(states),
+    }[values["strategy"]]
+    assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
+    if values["strategy"] == "feature_extraction":
+        assert values["augment"] is False  # else the features could not be cached
+
+
+def test_image_demo_recipe_plans(tmp_path, capsys):
+    recipe = REPO / "recipes" / "demo" / "image-classification.yaml"
+    assert recipe.read_text().splitlines()[0] == "# hftl train recipes/demo/image-classification.yaml"
+    assert main(["plan", str(recipe), "--output_dir", str(tmp_path / "plan")]) == 0
+    table = capsys.readouterr().out
+    assert "layer.11" in table and "22,0" in table  # DINOv2-small: 12 blocks, 22.0M parameters

@@ -87,6 +87,11 @@ class TransferArgs:
     source_eval: str | None = None  # labelled text data for the forgetting report (k-NN on embeddings)
     source_eval_samples: int = 1000  # memory size of that k-NN; half as many queries
     l2_sp: float = 0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights (0: off)
+    ewc: float = 0  # EWC: lambda/2 * sum F_i (w_i - w*_i)^2, Fisher scaled to mean 1 (0: off)
+    ewc_data: str | None = None  # data for the Fisher: text (or images) like the pre-training's, e.g. builtin:bbc-news
+    ewc_samples: int = 500  # examples the Fisher is averaged over
+    replay_data: str | None = None  # labelled source data learnt beside the target (own head), against forgetting
+    replay_ratio: float = 0.25  # source examples per target example in every step
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
     early_stopping_threshold: float = 0.0  # the least change that counts as an improvement
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
@@ -299,6 +304,19 @@ def validate(config: RunConfig) -> None:
         config.transfer.head_warmup_epochs or config.transfer.unfreeze_every or config.transfer.freeze
     ):
         raise HftlError("strategy lora trains adapters and the head from step 0: drop head_warmup_epochs, unfreeze_every and freeze.")
+    if config.transfer.ewc < 0:
+        raise HftlError(f"ewc must be >= 0 (got {config.transfer.ewc}); 0 turns it off.")
+    if config.transfer.ewc and not config.transfer.ewc_data:
+        raise HftlError(
+            "ewc needs a dataset to estimate the Fisher on: set `ewc_data` to data like the model's pre-training "
+            "(a Hub dataset, a local file or builtin:NAME; its text column must match `text_column`)."
+        )
+    if config.transfer.ewc and config.transfer.ewc_samples < 1:
+        raise HftlError(f"ewc_samples must be >= 1 (got {config.transfer.ewc_samples}).")
+    if config.transfer.replay_data and config.transfer.strategy == "feature_extraction":
+        raise HftlError("replay_data keeps a trainable backbone from forgetting; with feature_extraction nothing in it trains. Drop replay_data or pick another strategy.")
+    if config.transfer.replay_data and config.transfer.replay_ratio <= 0:
+        raise HftlError(f"replay_ratio must be > 0 (got {config.transfer.replay_ratio}); 0.25 mixes one source example per four target ones.")
     if config.transfer.l2_sp < 0:
         raise HftlError(f"l2_sp must be >= 0 (got {config.transfer.l2_sp}); 0 turns it off, 0.01-0.1 is typical.")
     if config.transfer.early_stopping_patience:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from datasets import DatasetDict
 
 from hftl.config import DataArgs, RunConfig
 from hftl.data import load_splits
@@ -58,3 +59,34 @@ def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     memory_labels, query_labels = codes[: len(memory)], codes[len(memory) :]
     predicted = np.array([np.bincount(row).argmax() for row in memory_labels[top]])
     return float((predicted == query_labels).mean())
+
+
+def source_batches(config: RunConfig, processor, name: str, samples: int, batch_size: int = 16):
+    """Model-input batches (no labels) of up to `samples` examples of the data set `name`, for the
+    Fisher of EWC: text is tokenised like the task's, images preprocessed like its eval images."""
+    data = config.data
+    loaded = load_splits(DataArgs(dataset=name, text_column=data.text_column, image_column=data.image_column,
+                                  split_seed=data.split_seed))
+    train = loaded["train"].shuffle(seed=0).select(range(min(samples, len(loaded["train"]))))
+    device = config.training.device
+    if config.transfer.task == "image-classification":
+        from hftl import images
+        from hftl.tasks.image_classification import _PREPROCESS
+
+        train = images.prepare_column(DatasetDict(train=train), data, None)["train"]
+        preprocess = _PREPROCESS[processor]
+        column = data.image_column
+        for start in range(0, len(train), batch_size):
+            values = train[start : start + batch_size][column]
+            pixels = torch.stack([preprocess.to_tensor(preprocess.eval_image(images.decode(v, preprocess.mode))) for v in values])
+            yield {"pixel_values": pixels.to(device)}
+        return
+    if data.text_column not in train.column_names:
+        raise HftlError(
+            f"`{name}` has no `{data.text_column}` column (from `text_column`); its columns are "
+            f"{', '.join(train.column_names)}. Give data with the task's text column."
+        )
+    texts = [t or "" for t in train[data.text_column]]
+    for start in range(0, len(texts), batch_size):
+        yield processor(texts[start : start + batch_size], truncation=True, max_length=min(data.max_length, 128),
+                        padding=True, return_tensors="pt").to(device)

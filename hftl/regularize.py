@@ -2,7 +2,8 @@
 
 L2-SP pulls the fine-tuned backbone toward its pre-trained weights instead of toward zero:
 alpha/2 * sum ||w - w0||^2 over backbone parameters that train (the new head has no
-pre-trained point; plain weight decay covers it).
+pre-trained point; plain weight decay covers it). EWC weighs that distance per weight by a
+diagonal Fisher estimated on a given dataset.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hftl.layers import LayerGroup
 class L2SP:
     def __init__(self, groups: list[LayerGroup], alpha: float):
         self.alpha = alpha
-        self.params = [p for g in groups if not g.is_head for _, p in g.params if p.requires_grad]
+        self.params = trainable_backbone(groups)
         self.anchors = [p.detach().clone() for p in self.params]  # the pre-trained point
 
     def penalty(self) -> torch.Tensor:
@@ -27,3 +28,82 @@ class L2SP:
         norms = torch._foreach_norm(diffs)
         return 0.5 * self.alpha * torch.stack([n.float() ** 2 for n in norms]).sum()
 
+
+
+class EWC:
+    """Elastic weight consolidation: lambda/2 * sum_i F_i (w_i - w*_i)^2 over trainable backbone weights.
+
+    F is a diagonal Fisher estimated at the pre-trained point w* on `ewc_data`. The encoders hftl
+    fine-tunes usually come without their pre-training head, so the Fisher is that of the encoder's
+    own output: the mean-pooled last hidden state f(x), read as the mean of a unit Gaussian. Its
+    diagonal, sum_k (df_k/dw_i)^2 averaged over examples, is estimated without one backward per
+    output dimension: for a random v ~ N(0, I), E[(d(v.f)/dw_i)^2] equals it exactly (and
+    independent v per example lets a whole batch share one backward). F is scaled to mean 1, so
+    `ewc: 1.0` weighs as much as `l2_sp: 1.0` on average, moved toward the weights that matter.
+    """
+
+    def __init__(self, groups: list[LayerGroup], lam: float, fisher: list[torch.Tensor]):
+        self.lam = lam
+        self.params = trainable_backbone(groups)
+        if len(fisher) != len(self.params):
+            raise ValueError("one Fisher tensor per trainable backbone parameter")
+        self.fisher = fisher
+        self.anchors = [p.detach().clone() for p in self.params]
+
+    def penalty(self) -> torch.Tensor:
+        if not self.params:
+            return torch.zeros(())
+        if self.anchors[0].device != self.params[0].device:
+            self.anchors = [a.to(p.device) for a, p in zip(self.anchors, self.params)]
+            self.fisher = [f.to(p.device) for f, p in zip(self.fisher, self.params)]
+        total = sum((f * (p - a).float() ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchors))
+        return 0.5 * self.lam * total
+
+
+def trainable_backbone(groups: list[LayerGroup]) -> list[torch.nn.Parameter]:
+    return [p for g in groups if not g.is_head for _, p in g.params if p.requires_grad]
+
+
+def mean_pooled(encoder, batch: dict) -> torch.Tensor:
+    hidden = encoder(**batch).last_hidden_state
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return hidden.mean(1)
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def embedding_fisher(encoder, params: list[torch.nn.Parameter], batches, seed: int = 0) -> list[torch.Tensor]:
+    """Diagonal Fisher of the mean-pooled output w.r.t. `params`, scaled to mean 1 (see EWC)."""
+    generator = torch.Generator().manual_seed(seed)  # the same on every rank: identical penalties under DDP
+    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    was = encoder.training
+    encoder.eval()  # no dropout: the Fisher of the function that is kept
+    count = 0
+    try:
+        for batch in batches:
+            pooled = mean_pooled(encoder, batch).float()
+            v = torch.randn(pooled.shape, generator=generator).to(pooled.device)
+            grads = torch.autograd.grad((pooled * v).sum(), params, allow_unused=True)
+            for f, g in zip(fisher, grads):
+                if g is not None:
+                    f.add_(g.float() ** 2)
+            count += pooled.shape[0]
+    finally:
+        encoder.train(was)
+    if count == 0:
+        raise ValueError("no examples for the Fisher")
+    total = sum(f.sum() for f in fisher)
+    n = sum(f.numel() for f in fisher)
+    scale = n / total if total > 0 else 1.0
+    return [f * scale for f in fisher]
+
+
+class Sum:
+    """Several penalties as one (L2-SP and EWC together)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def penalty(self) -> torch.Tensor:
+        return sum(p.penalty() for p in self.parts)

@@ -23,7 +23,7 @@ from hftl.freeze import FreezePlan, set_frozen_eval
 from hftl.layers import LayerGroup, layer_groups
 from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
 from hftl.optim import Assignment, assign, group_lrs
-from hftl.regularize import L2SP
+from hftl.regularize import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
 from hftl.plan import PlanRow, plan_rows, text_table, write_plan
 from hftl.tasks import get_task
 
@@ -39,6 +39,7 @@ class Built:
     assignment: dict[str, Assignment]
     rows: list[PlanRow]
     phases: list[Phase]
+    replay: object = None  # replay.Replay when replay_data is set
 
 
 def build(config: RunConfig) -> Built:
@@ -50,6 +51,12 @@ def build(config: RunConfig) -> Built:
     raw, labels = task.load_data(config)
     set_seed(config.training.seed)  # the new head's initialisation is part of the run
     model, processor = task.build_model(config, labels)
+    replay = None
+    if config.transfer.replay_data:
+        from hftl.replay import Replay
+
+        replay = Replay(config, task, processor, model)
+        replay.attach(model)  # a head like the target's: in the head group, trained at head_lr
     groups = layer_groups(model)
     plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
     state = plan.apply(groups)
@@ -66,7 +73,7 @@ def build(config: RunConfig) -> Built:
     set_frozen_eval(model, config.transfer.eval_frozen)
     lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     assignment = assign(groups, lrs, config.training.weight_decay)
-    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases)
+    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay)
 
 
 def _title(config: RunConfig) -> str:
@@ -231,6 +238,9 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
 
 def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -> None:
     args = config.training
+    if built.replay is not None:
+        inner = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
+        built.replay.detach(inner)  # the saved folder is the target model alone
     trainer.save_model()
     main_process = args.process_index == 0
     if config.transfer.strategy == "lora" and main_process:
@@ -245,6 +255,25 @@ def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -
         print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
     if args.push_to_hub:
         trainer.push_to_hub()
+
+
+def _regularizer(config: RunConfig, built: Built):
+    t = config.transfer
+    parts = []
+    if t.l2_sp:
+        parts.append(L2SP(built.groups, t.l2_sp))
+    if t.ewc:
+        from hftl.forgetting import source_batches
+
+        model = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
+        params = trainable_backbone(built.groups)
+        batches = source_batches(config, built.processor, t.ewc_data, t.ewc_samples)
+        model.to(config.training.device)
+        fisher = embedding_fisher(model.base_model, params, batches, seed=config.training.seed)
+        print(f"hftl: EWC Fisher of {sum(f.numel() for f in fisher):,} weights estimated on up to {t.ewc_samples} "
+              f"examples of {t.ewc_data}.")
+        parts.append(EWC(built.groups, t.ewc, fisher))
+    return parts[0] if len(parts) == 1 else (Sum(parts) if parts else None)
 
 
 def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap):
@@ -266,7 +295,8 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swa
         phases=PhaseController(built.model, built.groups, built.phases, config.transfer.eval_frozen)
         if len(built.phases) > 1 else None,
         plan_record=lambda folder: write_plan_record(folder, config, built.phases),
-        regularizer=L2SP(built.groups, config.transfer.l2_sp) if config.transfer.l2_sp else None,
+        regularizer=_regularizer(config, built),
+        replay=built.replay,
         callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)]
         if t.early_stopping_patience else None,
     )

@@ -31,6 +31,7 @@ class TransferTrainer(Trainer):
         phases=None,
         plan_record: Callable[[str], None] | None = None,
         regularizer=None,
+        replay=None,
         **kwargs,
     ):
         self.assignment = assignment
@@ -40,6 +41,7 @@ class TransferTrainer(Trainer):
         self.phases = phases  # phases.PhaseController when the run has more than one phase
         self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
         self.regularizer = regularizer  # regularize.L2SP or None: a penalty added to the task loss
+        self.replay = replay  # replay.Replay or None: a source-task loss added to the task loss
         super().__init__(*args, **kwargs)
         if phases is not None:
             self.add_callback(phases)
@@ -85,10 +87,15 @@ class TransferTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if self.regularizer is None or not model.training:
+        if (self.regularizer is None and self.replay is None) or not model.training:
             return result
         loss, outputs = result if return_outputs else (result, None)
-        loss = loss + self.regularizer.penalty().to(loss.device, loss.dtype)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer.penalty().to(loss.device, loss.dtype)
+        if self.replay is not None:
+            inner = self.accelerator.unwrap_model(model)
+            inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+            loss = loss + self.replay.loss(inner).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
     def _clip_grad_norm(self, model):

@@ -102,3 +102,26 @@ def test_two_process_ddp_partial_freeze(tmp_path):
     # transformers' models accept **kwargs): eval_loss over 2 ranks equals the single-process loss.
     metrics = json.loads((out / "all_results.json").read_text())
     assert math.isclose(metrics["eval_loss"], _mean_loss(out, validation_csv), rel_tol=1e-3)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_replay_and_ewc(tmp_path):
+    """The replay head (outside the model's forward) and the EWC penalty stay identical on both ranks."""
+    from safetensors.torch import load_file
+
+    tiny = make_tiny_model("bert", tmp_path / "tiny-bert", layers=2)
+    train_csv = write_csv(tmp_path / "train.csv", sentiment_rows(64, seed=1))
+    families = {"a": ["movie", "day"], "b": ["food", "was"], "c": ["we", "they"]}
+    source_csv = write_csv(tmp_path / "source.csv", [{"text": " ".join(w * 2), "label": k} for k, w in families.items()] * 10)
+    out = tmp_path / "run"
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", model_name_or_path=str(tiny), train_file=str(train_csv), strategy="full",
+        learning_rate=1.0e-2, per_device_train_batch_size=8, output_dir=str(out),
+        replay_data=str(source_csv), replay_ratio=0.5, ewc=1.0, ewc_data=str(source_csv), ewc_samples=16,
+    )
+    result = _launch(recipe, cwd=tmp_path)
+    assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    report = json.loads((out / "replica_check.json").read_text())
+    assert report["world_size"] == 2 and report["in_sync"] is True
+    assert any("replay" in name for name in report["fingerprints"][0])  # the source head was compared too
+    assert not any("replay" in k for k in load_file(out / "model.safetensors"))

@@ -130,7 +130,7 @@ def tiny_vit12(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_image_recipe_set_is_complete():
     names = {(p.parent.name, p.name) for p in IMAGE_RECIPES}
-    for strategy in ("feature-extraction", "partial", "full"):
+    for strategy in ("feature-extraction", "partial", "full", "gradual", "lora"):
         assert ("vit-base-patch16-224-in21k", f"{strategy}.yaml") in names
 
 
@@ -146,12 +146,17 @@ def test_image_recipe_plans(recipe, tiny_vit12, tmp_path, capsys):
     assert main(["plan", str(recipe), *overrides]) == 0
     table = capsys.readouterr().out
     states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    if values["strategy"] == "lora":  # adapters in every block; the head's trained copy
+        assert states["embeddings"] == "frozen" and all(s == "partly" for g, s in states.items() if g != "embeddings")
+        return
     expected_trainable = {
         "feature_extraction": {"head"},
         "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
         "full": set(states),
     }[values["strategy"]]
     assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
+    if values.get("unfreeze_every"):
+        assert "phase 13 from epoch 7: +embeddings" in table
     if values["strategy"] == "feature_extraction":
         assert values["augment"] is False  # else the features could not be cached
 

@@ -91,3 +91,127 @@ def test_forgetting_report_measures_the_source_before_and_after(tiny_bert, senti
     moved = results["full"]
     assert moved["source_knn_accuracy_before"] == frozen["source_knn_accuracy_before"]
     assert moved["source_knn_accuracy_after"] != moved["source_knn_accuracy_before"]
+
+
+def _tiny_full(tiny_bert):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    groups = layer_groups(model)
+    FreezePlan("partial", unfrozen_groups=1).apply(groups)  # layer.1 + head train
+    return model, groups
+
+
+def test_ewc_penalty_is_zero_at_the_pretrained_point_and_matches_by_hand(tiny_bert):
+    from hftl.regularize import EWC, trainable_backbone
+
+    model, groups = _tiny_full(tiny_bert)
+    params = trainable_backbone(groups)
+    fisher = [torch.rand_like(p) for p in params]
+    reg = EWC(groups, lam=2.0, fisher=fisher)
+    assert reg.penalty().item() == 0.0
+    names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
+    index = names.index("bert.encoder.layer.1.output.dense.weight")
+    with torch.no_grad():
+        params[index].add_(0.1)
+        model.classifier.weight.add_(5.0)  # no pre-trained point: not penalised
+    expected = 0.5 * 2.0 * (fisher[index] * 0.1**2).sum().item()
+    assert reg.penalty().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_embedding_fisher_estimates_the_exact_diagonal(tiny_bert):
+    """Random projections average to sum_k (df_k/dw)^2, computed exactly here one output at a time."""
+    from transformers import AutoTokenizer
+
+    from hftl.regularize import embedding_fisher, mean_pooled, trainable_backbone
+
+    model, groups = _tiny_full(tiny_bert)
+    params = trainable_backbone(groups)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = dict(tokenizer(["good movie", "bad plot and acting"], padding=True, return_tensors="pt"))
+    encoder = model.bert.eval()
+    exact = [torch.zeros_like(p) for p in params]
+    for row in range(2):
+        one = {k: v[row : row + 1] for k, v in batch.items()}
+        pooled = mean_pooled(encoder, one)[0]
+        for k in range(pooled.shape[0]):
+            grads = torch.autograd.grad(pooled[k], params, retain_graph=True)
+            for e, g in zip(exact, grads):
+                e.add_(g**2)
+    scale = sum(e.numel() for e in exact) / sum(e.sum() for e in exact)
+    exact = torch.cat([(e * scale).flatten() for e in exact])
+    estimates = [torch.cat([f.flatten() for f in embedding_fisher(encoder, params, [batch], seed=s)]) for s in range(200)]
+    mean = torch.stack(estimates).mean(0)
+    assert torch.corrcoef(torch.stack([mean, exact]))[0, 1] > 0.9
+    assert mean.mean().item() == pytest.approx(1.0, rel=1e-4)  # scaled to mean 1
+    again = torch.cat([f.flatten() for f in embedding_fisher(encoder, params, [batch], seed=3)])
+    assert torch.equal(again, estimates[3])  # seeded: the same on every rank
+
+
+def test_ewc_keeps_the_backbone_closer_and_needs_fisher_data(tiny_bert, sentiment_csv, tmp_path, capsys):
+    base = AutoModel.from_pretrained(tiny_bert).state_dict()
+    distances = {}
+    for lam in (0, 50):
+        out = tmp_path / f"e{lam}"
+        recipe = write_recipe(tmp_path / f"{lam}.yaml", model_name_or_path=str(tiny_bert),
+                              train_file=str(sentiment_csv / "train.csv"), output_dir=str(out), strategy="full",
+                              learning_rate=3e-3, num_train_epochs=3, seed=0, weight_decay=0.0, ewc=lam,
+                              ewc_data=str(sentiment_csv / "test.csv"), ewc_samples=40)
+        assert main(["train", str(recipe)]) == 0
+        distances[lam] = _distance(out, base)
+    assert "EWC Fisher" in capsys.readouterr().out
+    assert distances[50] < 0.5 * distances[0], distances
+    assert main(["train", str(recipe), "--ewc_data", "", "--output_dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "ewc_data" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def _topic_rows(n: int) -> list[dict]:
+    """A source task with its own labels: which filler word family the text is about."""
+    import random
+
+    rng = random.Random(7)
+    families = {"sport": ["movie", "day", "very"], "money": ["food", "was", "this"], "tech": ["we", "they", "that"]}  # in the tiny vocab
+    rows = []
+    for i in range(n):
+        topic = list(families)[i % 3]
+        rows.append({"text": " ".join(rng.choices(families[topic], k=4)), "label": topic})
+    return rows
+
+
+def test_replay_learns_the_source_task_beside_the_target_and_saves_the_target_alone(tiny_bert, sentiment_csv, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from conftest import write_csv
+    from hftl import run
+    from hftl.config import load_config
+
+    source = write_csv(tmp_path / "topics.csv", _topic_rows(60))
+    out = tmp_path / "r"
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
+                          output_dir=str(out), strategy="full", learning_rate=3e-3, num_train_epochs=2, seed=0,
+                          replay_data=str(source), replay_ratio=0.5, per_device_train_batch_size=8)
+    built = run.build(load_config(str(recipe)))
+    head = {n for n, _ in next(g for g in built.groups if g.is_head).params}
+    assert {"hftl_replay_head.weight", "hftl_replay_head.bias"} <= head  # trained as a head, at head_lr
+    assert built.replay.labels == ["money", "sport", "tech"] and built.replay.batch_size == 4
+    losses = []
+    for _ in range(30):  # the source loss through the encoder and its own head can be learnt
+        loss = built.replay.loss(built.model)
+        loss.backward()
+        with torch.no_grad():
+            for p in built.model.parameters():
+                if p.grad is not None:
+                    p -= 0.05 * p.grad
+                    p.grad = None
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    assert main(["train", str(recipe)]) == 0
+    saved = load_file(str(out / "model.safetensors"))
+    assert not any("replay" in k for k in saved)  # the saved folder is the target model
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.id2label == {0: "neg", 1: "pos"}
+    capsys.readouterr()
+    bad = write_csv(tmp_path / "bad.csv", [{"sentence": "x", "label": "a"}, {"sentence": "y", "label": "b"}] * 10)
+    assert main(["train", str(recipe), "--replay_data", str(bad), "--output_dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "replay_data" in err and "text_column" in err and "Traceback" not in err

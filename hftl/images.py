@@ -295,7 +295,7 @@ class Preprocess:
         width, height = image.size
         area = width * height
         box = None
-        for _ in range(10):
+        for _ in range(10 if self.crop_min_scale < 1 else 0):  # crop_min_scale 1: the whole image, only resized
             target = area * float(torch.empty(1).uniform_(self.crop_min_scale, 1.0))
             aspect = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3))))
             w = int(round(math.sqrt(target * aspect)))
@@ -371,6 +371,8 @@ def set_image_size(model, side: int) -> None:
     with torch.no_grad():
         new = embeddings.interpolate_pos_encoding(dummy, side, side)
     embeddings.position_embeddings = torch.nn.Parameter(new.detach().clone())
+    if hasattr(embeddings, "image_size"):  # ViTEmbeddings checks its own copy in forward
+        embeddings.image_size = side if isinstance(embeddings.image_size, int) else (side, side)
     patch_embeddings = embeddings.patch_embeddings
     if hasattr(patch_embeddings, "image_size"):
         patch_embeddings.image_size = (side, side)

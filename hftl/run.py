@@ -183,10 +183,10 @@ def _write_plan_files(config: RunConfig, built: Built) -> None:
     write_resolved(config, Path(out) / "hftl_config.yaml")
 
 
-def _inputs(config: RunConfig, built: Built, encoded):
+def _inputs(config: RunConfig, built: Built, encoded, cache: bool):
     """(datasets, collator, backbone swap, train lengths): cached features when only the head trains."""
     collator = built.task.collator(built.processor)
-    if not should_cache(config, built.groups, built.task):
+    if not cache:
         return encoded, collator, None, None
     swap = BackboneSwap.of(built.model)
     lengths = None
@@ -201,6 +201,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     _preflight(config)
     built = build(config)
     _check_best_metric(config, built)
+    cache = should_cache(config, built.groups, built.task)  # a refused cache request is bad input: before any write
     args = config.training
     encoded = built.task.encode(config, built.raw, built.processor)
     main_process = args.process_index == 0
@@ -215,7 +216,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         card.write(output_dir, text)
 
     source_before = knn_accuracy(built.model, built.processor, config) if config.transfer.source_eval else None
-    encoded, collator, swap, lengths = _inputs(config, built, encoded)
+    encoded, collator, swap, lengths = _inputs(config, built, encoded, cache)
     trainer = _trainer(config, built, encoded, write_card, collator, swap)
     for callback in callbacks or []:
         trainer.add_callback(callback)

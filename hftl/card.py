@@ -74,6 +74,9 @@ def _inputs(config: RunConfig) -> str:
         size = f", {data.image_size} px" if data.image_size else ""
         aug = f"random resized crop (min area {data.crop_min_scale:g}){' + flip' if data.hflip else ''}" if data.augment else "no augmentation"
         return f"image column `{data.image_column}`{size}, {aug}"
+    if config.transfer.task == "clip":
+        prompts = "; ".join(data.prompt_templates) or "a photo of a {label}."
+        return f"image column `{data.image_column}` with captions `{data.caption_column}` or prompts `{prompts}`"
     pair = f" + `{data.text_pair_column}`" if data.text_pair_column else ""
     return f"text column `{data.text_column}`{pair}"
 

@@ -58,6 +58,8 @@ class DataArgs:
     augment: bool = True  # training images: random resized crop (and flip); eval images never change
     crop_min_scale: float = 0.08  # smallest area fraction a random crop keeps (0.08 ImageNet-style; raise it for small objects)
     hflip: bool = True  # random horizontal flip in training; turn off where left and right differ (digits, text)
+    caption_column: str = "caption"  # CLIP: the text paired with each image; without it, captions come from labels
+    prompt_templates: list[str] = field(default_factory=list)  # CLIP: "a photo of a {label}." ...; empty: that one
     bad_images: str = field(
         default="error", metadata={"help": "error | skip: what to do with image files that cannot be read"}
     )  # every image is decoded once before training; skip drops and counts the bad ones
@@ -94,6 +96,18 @@ class TransferArgs:
     replay_ratio: float = 0.25  # source examples per target example in every step
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
     early_stopping_threshold: float = 0.0  # the least change that counts as an improvement
+    clip_mode: str = field(
+        default="contrastive", metadata={"help": "contrastive | zero_shot | linear_probe (task clip)"}
+    )
+    gather_features: bool = True  # CLIP under DDP: contrast against the global batch's negatives, not the local ones
+    text_strategy: str | None = None  # dual encoders: the text tower's strategy; None: `strategy`
+    vision_strategy: str | None = None  # the vision tower's strategy; None: `strategy`
+    text_unfrozen_groups: int | None = None  # None: `unfrozen_groups`
+    vision_unfrozen_groups: int | None = None
+    text_learning_rate: float | None = None  # the tower's top block; None: `learning_rate`
+    vision_learning_rate: float | None = None
+    text_layer_decay: float | None = None  # None: `layer_decay`
+    vision_layer_decay: float | None = None
     overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
 
 
@@ -200,6 +214,9 @@ TASK_TRAINING_DEFAULTS = {
     "text-classification": {"train_sampling_strategy": "group_by_length"},
     # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name
     "image-classification": {"remove_unused_columns": False},
+    # CLIP: images and captions feed the transform; equal batches on every rank for gathered features; the
+    # evaluation loss is the contrastive loss (zero-shot accuracy is measured separately, on every image)
+    "clip": {"remove_unused_columns": False, "dataloader_drop_last": True, "prediction_loss_only": True},
 }
 
 
@@ -328,6 +345,8 @@ def validate(config: RunConfig) -> None:
             )
     if config.transfer.layer_decay <= 0:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
+    if config.transfer.task == "clip":
+        _validate_clip(config)
     if config.transfer.source_eval and config.transfer.task != "text-classification":
         raise HftlError(
             f"source_eval (the forgetting report) measures text embeddings; task `{config.transfer.task}` has none yet. "
@@ -341,6 +360,34 @@ def validate(config: RunConfig) -> None:
         raise HftlError(f"image_size must be at least 8 pixels (got {config.data.image_size}).")
     if not 0 < config.data.validation_split < 1:
         raise HftlError(f"validation_split must be between 0 and 1 (got {config.data.validation_split}).")
+
+
+CLIP_MODES = ("contrastive", "zero_shot", "linear_probe")
+DEFAULT_PROMPT = "a photo of a {label}."
+
+
+def _validate_clip(config: RunConfig) -> None:
+    t = config.transfer
+    if t.clip_mode not in CLIP_MODES:
+        raise HftlError(f"clip_mode must be one of {', '.join(CLIP_MODES)} (got `{t.clip_mode}`).")
+    for key in ("strategy", "text_strategy", "vision_strategy"):
+        value = getattr(t, key)
+        if value is not None and value not in ("feature_extraction", "partial", "full"):
+            raise HftlError(f"{key} `{value}` is not available for dual encoders: use feature_extraction, partial or full per tower.")
+    if t.head_warmup_epochs or t.unfreeze_every or t.l2_sp or t.ewc or t.replay_data:
+        raise HftlError(
+            "head_warmup_epochs, unfreeze_every, l2_sp, ewc and replay_data are not available for task clip yet; drop them."
+        )
+    for template in config.data.prompt_templates:
+        if "{label}" not in template:
+            raise HftlError(
+                f"prompt template `{template}` has no `{{label}}`: each template must name the class, e.g. "
+                f"`{DEFAULT_PROMPT}`."
+            )
+        try:
+            template.format(label="x")
+        except (KeyError, IndexError, ValueError) as err:
+            raise HftlError(f"prompt template `{template}` is not a valid format string ({err}); use only `{{label}}`.") from None
 
 
 def check_output_dir(config: RunConfig) -> None:

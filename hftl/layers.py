@@ -35,6 +35,9 @@ SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2), MPNet and 
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"
+LOGIT_SCALE = "logit_scale"
+TOWERS = (("text", "text_model", "text_projection"), ("vision", "vision_model", "visual_projection"))
+INPUT_SIDE_NORMS = ("pre_layrnorm", "pre_layernorm")  # CLIP's vision tower normalises embeddings before block 0
 
 
 @dataclass
@@ -44,7 +47,13 @@ class LayerGroup:
 
     @property
     def is_head(self) -> bool:
-        return self.name == HEAD
+        """The task head, a tower's head (`text.head`: final norm + projection) or the logit scale."""
+        return self.name == HEAD or self.name.endswith("." + HEAD) or self.name == LOGIT_SCALE
+
+    @property
+    def tower(self) -> str | None:
+        """`text` or `vision` for a dual encoder's groups; None otherwise."""
+        return self.name.split(".", 1)[0] if "." in self.name and not self.name.startswith("layer.") else None
 
     @property
     def numel(self) -> int:
@@ -89,8 +98,54 @@ def _is_embedding(relative: str) -> bool:
     return any("embed" in part.lower() for part in relative.split(".")[:-1])
 
 
+def is_dual_encoder(model: nn.Module) -> bool:
+    """CLIP-style: a text tower and a vision tower joined by projections (CLIPModel, VisionTextDualEncoderModel)."""
+    return all(hasattr(model, tower) and hasattr(model, proj) for _, tower, proj in TOWERS)
+
+
+def tower_groups(model: nn.Module) -> list[LayerGroup]:
+    """Per tower [T.embeddings, T.layer.0 .. T.layer.N-1, T.head], text then vision, then `logit_scale`.
+
+    A tower's blocks are its largest list of identical modules; parameters named like embeddings
+    (and a pre-block norm) are its input side; the rest (final norm, pooler) and its projection
+    are its head. Every parameter is in exactly one group.
+    """
+    groups: list[LayerGroup] = []
+    for short, attr, projection in TOWERS:
+        tower = getattr(model, attr)
+        lists = _homogeneous_lists(tower)
+        if not lists:
+            raise HftlError(f"The {short} tower of `{type(model).__name__}` has no list of blocks; hftl cannot map it.")
+        path, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+        mine = {EMBEDDINGS: LayerGroup(f"{short}.{EMBEDDINGS}")}
+        mine.update({f"layer.{i}": LayerGroup(f"{short}.layer.{i}") for i in range(len(blocks))})
+        mine[HEAD] = LayerGroup(f"{short}.{HEAD}")
+        for name, param in tower.named_parameters():
+            if name.startswith(path + "."):
+                key = f"layer.{name[len(path) + 1:].split('.', 1)[0]}"
+            elif _is_embedding(name) or name.split(".")[0] in INPUT_SIDE_NORMS:
+                key = EMBEDDINGS
+            else:
+                key = HEAD
+            mine[key].params.append((f"{attr}.{name}", param))
+        for name, param in getattr(model, projection).named_parameters():
+            mine[HEAD].params.append((f"{projection}.{name}", param))
+        groups += [g for g in mine.values() if g.params]
+    seen = {n for g in groups for n, _ in g.params}
+    rest = [(n, p) for n, p in model.named_parameters() if n not in seen]
+    extra = [n for n, _ in rest if n != LOGIT_SCALE]
+    if extra:
+        raise HftlError(f"Parameters outside both towers of `{type(model).__name__}`: {extra[:5]}; hftl cannot map them.")
+    if rest:
+        groups.append(LayerGroup(LOGIT_SCALE, rest))
+    return groups
+
+
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """Ordered groups [embeddings, layer.0 .. layer.N-1, head] covering every parameter once."""
+    """Ordered groups [embeddings, layer.0 .. layer.N-1, head] covering every parameter once
+    (per tower for dual encoders, see tower_groups)."""
+    if is_dual_encoder(model):
+        return tower_groups(model)
     prefix, path, blocks = find_blocks(model)
     model_type = getattr(model.config, "model_type", "")
     container = path.rsplit(".", 1)[0] if "." in path else ""

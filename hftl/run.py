@@ -20,7 +20,8 @@ from hftl.errors import HftlError
 from hftl.features import BackboneSwap, cached_splits, should_cache
 from hftl.forgetting import knn_accuracy
 from hftl.freeze import FreezePlan, set_frozen_eval
-from hftl.layers import LayerGroup, layer_groups
+from hftl import towers
+from hftl.layers import LayerGroup, is_dual_encoder, layer_groups
 from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
 from hftl.optim import Assignment, assign, group_lrs
 from hftl.regularize import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
@@ -58,8 +59,12 @@ def build(config: RunConfig) -> Built:
         replay = Replay(config, task, processor, model)
         replay.attach(model)  # a head like the target's: in the head group, trained at head_lr
     groups = layer_groups(model)
-    plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
-    state = plan.apply(groups)
+    if is_dual_encoder(model):
+        state, lrs = towers.apply_plan(config, groups)  # a freeze plan and lrs per tower
+    else:
+        plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
+        state = plan.apply(groups)
+        lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     if config.transfer.strategy == "lora":
         from hftl import lora
 
@@ -71,7 +76,6 @@ def build(config: RunConfig) -> Built:
     if not any(state.values()):
         raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
-    lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     assignment = assign(groups, lrs, config.training.weight_decay)
     return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay)
 
@@ -198,6 +202,10 @@ def _inputs(config: RunConfig, built: Built, encoded, cache: bool):
 
 
 def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
+    if config.transfer.task == "clip" and config.transfer.clip_mode != "contrastive":
+        from hftl import clip_modes
+
+        return clip_modes.run(config, command)
     _preflight(config)
     built = build(config)
     _check_best_metric(config, built)
@@ -216,6 +224,8 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         card.write(output_dir, text)
 
     source_before = knn_accuracy(built.model, built.processor, config) if config.transfer.source_eval else None
+    zero_shot = getattr(built.task, "zero_shot_metrics", None)
+    zero_shot_before = zero_shot(config, built.model, built.processor, built.labels, encoded) if zero_shot else {}
     encoded, collator, swap, lengths = _inputs(config, built, encoded, cache)
     trainer = _trainer(config, built, encoded, write_card, collator, swap)
     for callback in callbacks or []:
@@ -229,6 +239,10 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
             metrics.update(trainer.evaluate(encoded[split], metric_key_prefix=prefix))
     if swap is not None:
         swap.attach()  # from here on (save, push) the model is whole
+    if zero_shot_before:
+        after = zero_shot(config, built.model, built.processor, built.labels, encoded)
+        metrics.update({f"{k}_before": v for k, v in zero_shot_before.items()})
+        metrics.update({f"{k}_after": v for k, v in after.items()})
     if source_before is not None:
         after = knn_accuracy(built.model, built.processor, config)
         metrics.update(source_knn_accuracy_before=source_before, source_knn_accuracy_after=after,
@@ -298,6 +312,7 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swa
         plan_record=lambda folder: write_plan_record(folder, config, built.phases),
         regularizer=_regularizer(config, built),
         replay=built.replay,
+        loss_fn=built.task.loss_fn(config) if hasattr(built.task, "loss_fn") else None,
         callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)]
         if t.early_stopping_patience else None,
     )

@@ -32,6 +32,7 @@ class TransferTrainer(Trainer):
         plan_record: Callable[[str], None] | None = None,
         regularizer=None,
         replay=None,
+        loss_fn=None,
         **kwargs,
     ):
         self.assignment = assignment
@@ -42,6 +43,7 @@ class TransferTrainer(Trainer):
         self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
         self.regularizer = regularizer  # regularize.L2SP or None: a penalty added to the task loss
         self.replay = replay  # replay.Replay or None: a source-task loss added to the task loss
+        self.loss_fn = loss_fn  # a task's own loss (CLIP's contrastive loss), else the model's
         super().__init__(*args, **kwargs)
         if phases is not None:
             self.add_callback(phases)
@@ -50,6 +52,8 @@ class TransferTrainer(Trainer):
         # division by gradient_accumulation_steps and multiplies by world_size under DDP, so losses and
         # gradients (hence max_grad_norm clipping) would grow with accumulation steps and ranks.
         self.model_accepts_loss_kwargs = False
+        if loss_fn is not None:
+            self.can_return_loss = True  # evaluation computes the task's loss though the batch has no `labels` key for it
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -86,7 +90,10 @@ class TransferTrainer(Trainer):
             self.args.train_sampling_strategy = "group_by_length"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.loss_fn is not None:
+            result = self.loss_fn(self, model, inputs, return_outputs)
+        else:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if (self.regularizer is None and self.replay is None) or not model.training:
             return result
         loss, outputs = result if return_outputs else (result, None)

@@ -16,6 +16,7 @@ from hftl.errors import HftlError
 TASKS = {
     "text-classification": "hftl.tasks.text_classification",
     "image-classification": "hftl.tasks.image_classification",
+    "clip": "hftl.tasks.clip",
 }
 
 

@@ -1,0 +1,90 @@
+"""CLIP modes beside contrastive fine-tuning: zero-shot evaluation and the linear probe.
+
+Both read the same recipe keys as the contrastive mode and write into `output_dir`: metrics
+(`all_results.json`), the resolved recipe and a model card; the linear probe also its classifier
+(`linear_probe.safetensors`, with `linear_probe_labels.json`) and the Trainer's state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hftl import card
+from hftl.config import RunConfig, write_resolved
+from hftl.errors import HftlError
+from hftl.layers import LayerGroup
+from hftl.optim import assign
+from hftl.plan import plan_rows
+
+
+def run(config: RunConfig, command: str) -> dict:
+    from hftl import run as engine
+    from hftl.tasks import clip
+
+    engine._preflight(config)
+    task = clip
+    raw, labels = task.load_data(config)
+    if len(labels.names) < 2:
+        raise HftlError("Zero-shot classification and the linear probe need at least 2 classes in `label_column`.")
+    model, processor = task.build_model(config, labels)
+    model.requires_grad_(False)
+    encoded = task.encode(config, raw, processor)
+    device = config.training.device
+    model.to(device).eval()
+    before = task.zero_shot_metrics(config, model, processor, labels, encoded)
+    out = Path(config.training.output_dir)
+    main_process = config.training.process_index == 0
+    if config.transfer.clip_mode == "zero_shot":
+        metrics = dict(before)
+        for split in ("validation", "test"):
+            if split in encoded and f"zero_shot_{split}_accuracy" not in metrics:
+                metrics[f"zero_shot_{split}_accuracy"] = clip.zero_shot_accuracy(
+                    model, processor, encoded[split], labels.names, clip.templates(config), device,
+                    config.training.per_device_eval_batch_size)
+        rows = []
+    else:
+        metrics, rows = _linear_probe(config, model, processor, labels, encoded, before)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "all_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_resolved(config, out / "hftl_config.yaml")
+        card.write(out, card.render(config, rows, metrics, command, labels.names, clip.PIPELINE_TASK))
+        for key, value in sorted(metrics.items()):
+            print(f"  {key:<40} = {value:.4f}" if isinstance(value, float) else f"  {key:<40} = {value}")
+        print(f"hftl: metrics and model card written to {out}")
+    return metrics
+
+
+def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: dict) -> tuple[dict, list]:
+    """Train a linear classifier on cached, normalised image embeddings (zero-shot initialised)."""
+    from hftl.tasks import clip
+    from hftl.trainer import TransferTrainer
+
+    args = config.training
+    device = args.device
+    features = {split: clip.features_dataset(model, ds, device, args.per_device_eval_batch_size) for split, ds in encoded.items()}
+    for split, ds in features.items():
+        print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers run once).")
+    classes = clip.class_embeddings(model, processor.tokenizer, labels.names, clip.templates(config), device).cpu()
+    scale = float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE))
+    probe = clip.LinearProbe(classes, scale)
+    head = LayerGroup("head", list(probe.named_parameters()))
+    lr = config.transfer.head_lr if config.transfer.head_lr is not None else args.learning_rate
+    assignment = assign([head], {"head": lr}, args.weight_decay)
+    args.label_names = ["labels"]
+    args.prediction_loss_only = False
+    trainer = TransferTrainer(
+        model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
+        compute_metrics=clip.probe_metrics(labels), assignment=assignment,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = dict(before)
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in features:
+            metrics.update(trainer.evaluate(features[split], metric_key_prefix=prefix))
+    if args.process_index == 0:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        clip.write_probe(args.output_dir, probe.classifier, labels.names)
+        trainer.save_state()
+    return metrics, plan_rows([head], assignment)

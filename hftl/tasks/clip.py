@@ -1,0 +1,399 @@
+"""CLIP-style dual encoders: contrastive fine-tuning, zero-shot classification, linear probe.
+
+Models: `CLIPModel` and `VisionTextDualEncoderModel` (any vision encoder and text encoder joined
+by projections), loaded with AutoModel. Each tower has its own freeze plan and layer-wise lrs
+(hftl/towers.py); `logit_scale` trains without weight decay.
+
+Data: images with captions (`caption_column`), or labelled images whose captions come from
+`prompt_templates` ("a photo of a {label}."). With labels, every run reports zero-shot accuracy
+on held-out images before and after fine-tuning: class embeddings are the mean of the templates'
+normalised text embeddings, and an image takes the class it is closest to.
+
+The contrastive loss is CLIP's symmetric cross-entropy over image-text similarities. Examples
+with the same label are positives of each other (their captions say the same thing), not
+negatives. With `gather_features` under DDP every rank contrasts its images and texts against
+the whole global batch (features gathered with their gradients), as in CLIP's training.
+
+Modes (`clip_mode`): `contrastive` trains through the Trainer; `zero_shot` evaluates only;
+`linear_probe` trains a linear classifier on frozen, cached image embeddings, initialised from
+the zero-shot class embeddings, so its first step starts at zero-shot accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch import nn
+
+from hftl import builtin, images, metrics
+from hftl.config import DEFAULT_PROMPT, RunConfig
+from hftl.data import load_splits
+from hftl.errors import HftlError
+from hftl.layers import is_dual_encoder
+from hftl.tasks.classification import Labels, labelled
+
+PIPELINE_TASK = "zero-shot-image-classification"
+CACHEABLE = False
+_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> (images.Preprocess, class names)
+MAX_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
+
+
+def templates(config: RunConfig) -> list[str]:
+    return list(config.data.prompt_templates) or [DEFAULT_PROMPT]
+
+
+# ---------------------------------------------------------------- data
+
+
+def _base_dir(config: RunConfig) -> str | None:
+    data = config.data
+    first = data.train_file or (data.dataset if data.dataset and Path(data.dataset).is_file() else None)
+    return str(Path(first).resolve().parent) if first else None
+
+
+def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
+    data = config.data
+    raw = load_splits(data, config.model.trust_remote_code, stratify_column=data.label_column, read_folder=images.read_folder)
+    columns = raw["train"].column_names
+    has_captions = data.caption_column in columns
+    has_labels = data.label_column in columns
+    if not has_captions and not has_labels:
+        raise HftlError(
+            f"The train split has no caption column `{data.caption_column}` (from `caption_column`) and no label column "
+            f"`{data.label_column}` to make captions from. Its columns are: {', '.join(columns)}. Set `caption_column` "
+            "to the column with the captions, or `label_column` to a label column (captions then come from "
+            "`prompt_templates`)."
+        )
+    if config.transfer.clip_mode != "contrastive" and not has_labels:
+        raise HftlError(
+            f"clip_mode {config.transfer.clip_mode} classifies images: it needs a label column (`{data.label_column}` is "
+            f"not in {', '.join(columns)}). Set `label_column`."
+        )
+    if has_captions:
+        _check_captions(raw, data.caption_column)
+    raw = images.prepare_column(raw, data, _base_dir(config))
+    if has_labels:
+        raw, labels = labelled(raw, config)
+    else:
+        labels = Labels([], False, data.label_column)
+    raw = images.check_images(raw, data.image_column, data.bad_images)
+    return raw, labels
+
+
+def _check_captions(raw: DatasetDict, column: str) -> None:
+    for split, ds in raw.items():
+        if column not in ds.column_names:
+            raise HftlError(f"The {split} split has no caption column `{column}`; give every split captions.")
+        empty = [i for i, c in enumerate(ds[column]) if c is None or not str(c).strip()]
+        if empty:
+            raise HftlError(
+                f"The {split} split has {len(empty)} empty caption(s) in `{column}` (first at row {empty[0]}). Every image "
+                "needs a caption: fill those rows or drop them."
+            )
+
+
+# ---------------------------------------------------------------- model
+
+
+def model_source(config: RunConfig) -> str:
+    name = config.model.model_name_or_path
+    return builtin.model_path(name) if builtin.is_builtin(name) else name
+
+
+def build_model(config: RunConfig, labels: Labels):
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    source = model_source(config)
+    common = {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code}
+    try:
+        model_config = AutoConfig.from_pretrained(source, **common)
+        processor = AutoProcessor.from_pretrained(source, **common)
+        if config.model.from_scratch:
+            model = AutoModel.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+        else:
+            model = AutoModel.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HftlError(
+            f"Could not load dual encoder `{config.model.model_name_or_path}`: {first}. Check `model_name_or_path` (a "
+            "CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small)."
+        ) from None
+    if not is_dual_encoder(model):
+        raise HftlError(
+            f"task clip needs a dual encoder (CLIPModel or VisionTextDualEncoderModel); `{config.model.model_name_or_path}` "
+            f"loads as {type(model).__name__}. Use task image-classification or text-classification for it."
+        )
+    image_processor = getattr(processor, "image_processor", None)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if image_processor is None or tokenizer is None:
+        raise HftlError(f"`{config.model.model_name_or_path}` has no image processor and tokenizer pair (a CLIP processor).")
+    vision_type = getattr(getattr(model.config, "vision_config", None), "model_type", "")
+    if config.data.image_size and vision_type != "dinov2":
+        raise HftlError(
+            f"image_size is available for DINOv2 vision towers, not `{vision_type}`: drop it to use the checkpoint's size."
+        )
+    _PREPROCESS[processor] = (images.Preprocess(image_processor, config.data), labels.names)
+    return model, processor
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(config: RunConfig, raw: DatasetDict, processor) -> DatasetDict:
+    """Images and captions stay stored; each access decodes, augments (train) and tokenises."""
+    config.training.remove_unused_columns = False
+    preprocess, names = _PREPROCESS[processor]
+    data = config.data
+    captions = data.caption_column in raw["train"].column_names
+    prompts = templates(config)
+    out = DatasetDict()
+    for split, ds in raw.items():
+        train = split == "train"
+        keep = {data.image_column, "labels"} | ({data.caption_column} if captions else set())
+        ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+        out[split] = ds.with_transform(_transform(preprocess, data.image_column, data.caption_column if captions else None,
+                                                  names, prompts, train and data.augment, train))
+    return out
+
+
+def _transform(preprocess, image_column, caption_column, names, prompts, augment, random_prompt):
+    def apply(batch: dict) -> dict:
+        pixels = []
+        for value in batch[image_column]:
+            try:
+                image = images.decode(value, preprocess.mode)
+            except Exception as err:
+                raise HftlError(
+                    f"Image {images.describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
+                ) from None
+            pixels.append(preprocess.to_tensor(preprocess.train_image(image) if augment else preprocess.eval_image(image)))
+        out = {"pixel_values": pixels}
+        if caption_column is not None:
+            out["caption"] = [str(c) for c in batch[caption_column]]
+        else:
+            ids = batch["labels"]
+            picks = torch.randint(0, len(prompts), (len(ids),)).tolist() if random_prompt else [0] * len(ids)
+            out["caption"] = [prompts[p].format(label=names[i]) for p, i in zip(picks, ids)]
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
+
+    return apply
+
+
+class Collator:
+    """Stack images, tokenise and pad captions, keep labels (same-label positives, zero-shot)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, rows: list[dict]) -> dict:
+        text = self.tokenizer([r["caption"] for r in rows], padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+        batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows]), "input_ids": text["input_ids"],
+                 "attention_mask": text["attention_mask"]}
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        return batch
+
+
+def collator(processor):
+    limit = getattr(processor.tokenizer, "model_max_length", None)
+    return Collator(processor.tokenizer, limit if limit and limit < 10**6 else 77)  # CLIP: 77 positions
+
+
+# ---------------------------------------------------------------- loss
+
+
+def contrastive_loss(model, inputs: dict, scale: torch.Tensor, gather: bool) -> tuple[torch.Tensor, object]:
+    """Symmetric image-text cross-entropy; same-label pairs are positives; optionally over the global batch."""
+    labels = inputs.pop("labels", None)
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    pixel_values=inputs["pixel_values"])
+    image, text = outputs.image_embeds, outputs.text_embeds
+    all_image, all_text, all_labels, offset = image, text, labels, 0
+    if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+        import torch.distributed.nn.functional as dist_fn
+
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        if world > 1:
+            all_image = torch.cat(dist_fn.all_gather(image))  # gradients flow back to the owning rank
+            all_text = torch.cat(dist_fn.all_gather(text))
+            if labels is not None:
+                gathered = [torch.empty_like(labels) for _ in range(world)]
+                torch.distributed.all_gather(gathered, labels)
+                all_labels = torch.cat(gathered)
+            offset = rank * image.shape[0]
+    scale = scale.exp().clamp(max=MAX_SCALE)
+    logits_image = scale * image @ all_text.T  # local images against every text
+    logits_text = scale * text @ all_image.T
+    if labels is not None:
+        targets = (labels[:, None] == all_labels[None, :]).float()
+        targets = targets / targets.sum(1, keepdim=True)
+    else:
+        targets = torch.arange(image.shape[0], device=image.device) + offset
+    loss = (nn.functional.cross_entropy(logits_image, targets) + nn.functional.cross_entropy(logits_text, targets)) / 2
+    return loss, outputs
+
+
+def loss_fn(config: RunConfig):
+    gather = config.transfer.gather_features
+
+    def compute(trainer, model, inputs, return_outputs=False):  # TransferTrainer.compute_loss hands itself in
+        inner = trainer.accelerator.unwrap_model(model)
+        loss, outputs = contrastive_loss(model, dict(inputs), inner.logit_scale, gather and model.training)
+        return (loss, outputs) if return_outputs else loss
+
+    return compute
+
+
+# ---------------------------------------------------------------- zero-shot
+
+
+@torch.inference_mode()
+def text_embeddings(model, tokenizer, texts: list[str], device, batch_size: int = 256) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt").to(device)
+        pooled = model.text_model(**batch).pooler_output
+        out.append(nn.functional.normalize(model.text_projection(pooled).float(), dim=-1))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def image_embeddings(model, dataset, collate, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        pixels = torch.stack([r["pixel_values"] for r in rows]).to(device)
+        pooled = model.vision_model(pixel_values=pixels).pooler_output
+        feats.append(nn.functional.normalize(model.visual_projection(pooled).float(), dim=-1))
+        labels.append(torch.tensor([r["labels"] for r in rows]))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def class_embeddings(model, tokenizer, names: list[str], prompts: list[str], device) -> torch.Tensor:
+    """Per class: the normalised mean of its templates' normalised text embeddings."""
+    texts = [p.format(label=n) for n in names for p in prompts]
+    emb = text_embeddings(model, tokenizer, texts, device).view(len(names), len(prompts), -1).mean(1)
+    return nn.functional.normalize(emb, dim=-1)
+
+
+def zero_shot_accuracy(model, processor, dataset, names: list[str], prompts: list[str], device, batch_size: int) -> float:
+    was = model.training
+    model.eval()
+    try:
+        classes = class_embeddings(model, processor.tokenizer, names, prompts, device)
+        feats, labels = image_embeddings(model, dataset, None, device, batch_size)
+        predicted = (feats @ classes.T).argmax(-1).cpu()
+        return float((predicted == labels).float().mean())
+    finally:
+        model.train(was)
+
+
+def eval_split(encoded: DatasetDict) -> str:
+    return "test" if "test" in encoded else "validation"
+
+
+def zero_shot_metrics(config: RunConfig, model, processor, labels: Labels, encoded: DatasetDict) -> dict[str, float]:
+    """Zero-shot accuracy on the held-out split (test, else validation); empty without labels."""
+    if not labels.names:
+        return {}
+    split = eval_split(encoded)
+    model.to(config.training.device)
+    accuracy = zero_shot_accuracy(model, processor, encoded[split], labels.names, templates(config),
+                                  config.training.device, config.training.per_device_eval_batch_size)
+    return {f"zero_shot_{split}_accuracy": accuracy}
+
+
+def best_metric(labels: Labels) -> str:
+    return "loss"
+
+
+def metric_names(labels: Labels) -> list[str]:
+    return ["loss"]
+
+
+def compute_metrics_fn(labels: Labels):
+    return None
+
+
+# ---------------------------------------------------------------- WiSE-FT
+
+
+def interpolate(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * zero-shot + alpha * fine-tuned, weight by weight (exact at alpha 0 and 1)."""
+    if set(zero_shot) != set(fine_tuned):
+        only_a, only_b = sorted(set(zero_shot) - set(fine_tuned)), sorted(set(fine_tuned) - set(zero_shot))
+        raise HftlError(
+            f"WiSE-FT needs two checkpoints of one architecture: weights only in the zero-shot model {only_a[:3]}, only in "
+            f"the fine-tuned one {only_b[:3]}. Fine-tune the recipe's own model and interpolate with it."
+        )
+    out = {}
+    for name, a in zero_shot.items():
+        b = fine_tuned[name]
+        if a.shape != b.shape:
+            raise HftlError(
+                f"WiSE-FT needs weights of equal shapes: `{name}` is {tuple(a.shape)} in the zero-shot model and "
+                f"{tuple(b.shape)} in the fine-tuned one. Use checkpoints of the same configuration."
+            )
+        if not a.is_floating_point():
+            out[name] = b.clone()
+        elif alpha == 0:
+            out[name] = a.clone()
+        elif alpha == 1:
+            out[name] = b.clone()
+        else:
+            out[name] = (1 - alpha) * a.float() + alpha * b.float()
+            out[name] = out[name].to(a.dtype)
+    return out
+
+
+def write_probe(folder: str, probe: nn.Linear, names: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"weight": probe.weight.detach().cpu().contiguous(), "bias": probe.bias.detach().cpu().contiguous()},
+              str(Path(folder) / "linear_probe.safetensors"))
+    Path(folder, "linear_probe_labels.json").write_text(json.dumps(names, indent=2) + "\n")
+
+
+def features_dataset(model, encoded_split, device, batch_size: int):
+    from datasets import Dataset
+
+    feats, labels = image_embeddings(model, encoded_split, None, device, batch_size)
+    return Dataset.from_dict({"features": feats.cpu().numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier over normalised image embeddings, scaled like CLIP's logits."""
+
+    def __init__(self, classes: torch.Tensor, scale: float):
+        super().__init__()
+        self.classifier = nn.Linear(classes.shape[1], classes.shape[0])
+        with torch.no_grad():
+            self.classifier.weight.copy_(classes * scale)  # zero-shot head: step 0 predicts as zero-shot does
+            self.classifier.bias.zero_()
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.classifier(features)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
+
+
+def probe_metrics(labels: Labels):
+    accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
+
+    def compute(eval_pred):
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        pred = np.asarray(logits).argmax(-1)
+        refs = eval_pred.label_ids
+        return {"accuracy": accuracy.compute(predictions=pred, references=refs)["accuracy"],
+                "f1_macro": f1.compute(predictions=pred, references=refs, average="macro")["f1"]}
+
+    return compute

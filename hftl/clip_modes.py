@@ -74,6 +74,7 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
     assignment = assign([head], {"head": lr}, args.weight_decay)
     args.label_names = ["labels"]
     args.prediction_loss_only = False
+    args.dataloader_drop_last = False  # contrastive batches must be equal across ranks; a probe's need not
     trainer = TransferTrainer(
         model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
         compute_metrics=clip.probe_metrics(labels), assignment=assignment,

@@ -1,6 +1,7 @@
 """hftl vs the plain HF Trainer at GPU sizes: samples/s and MFU from the same run.
 
-    python bench/gpu.py                      # on a GPU: BERT-base seq 128 batch 64, ViT-B/16 224px batch 128
+    python bench/gpu.py                      # on a GPU: BERT-base seq 128 batch 64, ViT-B/16 224px batch 128,
+                                             #   CLIP ViT-B/32 + text 77 tokens batch 256
     python bench/gpu.py --tiny               # tiny configs on CPU, a few steps (what the tests run)
 
 Models are built from configs (random init) and fed synthetic batches, so nothing is
@@ -8,8 +9,9 @@ downloaded. Per model, three sides are interleaved (A B C A B C ...): the plain 
 lr, hftl `full` with layer-wise lrs, and hftl with the bottom two thirds of the blocks frozen.
 MFU counts training FLOPs as 3x the forward pass (2 FLOPs per weight per token plus attention
 scores) over the --peak_tflops of the card (989 for an H100's dense bf16); for the frozen side the
-backward pass of frozen blocks is not counted, since it never runs.
-CLIP B/32 joins when the CLIP task lands (its two towers need their own layer groups).
+backward pass of frozen blocks is not counted, since it never runs. For CLIP the plain side is
+CLIPModel's own loss (`return_loss=True`), the hftl sides use hftl's contrastive loss and per-tower
+plans (the frozen side locks the bottom two thirds of each tower).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Case:
     batch: int
     tokens: int  # sequence length (text) or number of patches + 1 (vision)
     make_example: object  # () -> dict of tensors for one example
+    flops: object = None  # (trainable fraction) -> training FLOPs per sample; None: train_flops_per_sample
 
 
 class Synthetic(torch.utils.data.Dataset):
@@ -82,6 +85,60 @@ def vit_case(tiny: bool) -> Case:
     return Case(name, ViTForImageClassification(config), 4 if tiny else 128, tokens, example)
 
 
+def clip_case(tiny: bool) -> Case:
+    from transformers import CLIPConfig, CLIPModel
+
+    if tiny:
+        text = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, vocab_size=1000,
+                    max_position_embeddings=16, bos_token_id=0, eos_token_id=2)
+        vision = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    else:
+        config = CLIPConfig(vision_config=dict(patch_size=32))  # ViT-B/32 image tower, 12-layer 512-d text tower
+    seq = config.text_config.max_position_embeddings
+    size = config.vision_config.image_size
+
+    def example():
+        ids = torch.randint(3, config.text_config.vocab_size - 1, (seq,))
+        ids[-1] = config.text_config.eos_token_id
+        return {"input_ids": ids, "attention_mask": torch.ones(seq, dtype=torch.long), "pixel_values": torch.randn(3, size, size)}
+
+    patches = (size // config.vision_config.patch_size) ** 2 + 1
+
+    def flops(fraction: float = 1.0) -> float:
+        total = 0.0
+        for tower, tokens in ((model.text_model, seq), (model.vision_model, patches)):
+            cfg = tower.config
+            n = sum(p.numel() for name, p in tower.named_parameters() if "embedding" not in name)
+            total += 2 * n * tokens + 4 * cfg.num_hidden_layers * tokens**2 * cfg.hidden_size
+        return total * (1 + 2 * fraction)
+
+    model = CLIPModel(config)
+    name = f"CLIP {'tiny config' if tiny else 'ViT-B/32'} + text {seq} tokens"
+    return Case(name, model, 4 if tiny else 256, patches, example, flops)
+
+
+class ReturnLoss(torch.utils.data.Dataset):
+    """CLIP's own loss for the plain side: every example asks for it."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {**self.data[i], "return_loss": True}
+
+
+def _return_loss_collate(rows):
+    from transformers import default_data_collator
+
+    batch = default_data_collator([{k: v for k, v in r.items() if k != "return_loss"} for r in rows])
+    batch["return_loss"] = True
+    return batch
+
+
 def train_flops_per_sample(model: torch.nn.Module, tokens: int, trainable_fraction: float = 1.0) -> float:
     """Forward 2*N*T + attention 4*L*T^2*H; backward twice the forward of what trains."""
     config = model.config
@@ -91,15 +148,28 @@ def train_flops_per_sample(model: torch.nn.Module, tokens: int, trainable_fracti
     return forward * (1 + 2 * trainable_fraction)
 
 
+def _settings(strategy: str, unfrozen: int, lr: float):
+    from types import SimpleNamespace
+
+    transfer = SimpleNamespace(strategy=strategy, unfrozen_groups=unfrozen, layer_decay=0.9, head_lr=10 * lr, freeze=[],
+                               gather_features=False)
+    return SimpleNamespace(transfer=transfer, training=SimpleNamespace(learning_rate=lr))
+
+
 def hftl_assignment(model, strategy: str, unfrozen: int, lr: float):
+    from hftl import towers
     from hftl.freeze import FreezePlan, set_frozen_eval
-    from hftl.layers import layer_groups
+    from hftl.layers import is_dual_encoder, layer_groups
     from hftl.optim import assign, group_lrs
 
     groups = layer_groups(model)
-    FreezePlan(strategy, unfrozen).apply(groups)
+    if is_dual_encoder(model):
+        _, lrs = towers.apply_plan(_settings(strategy, unfrozen, lr), groups)
+    else:
+        FreezePlan(strategy, unfrozen).apply(groups)
+        lrs = group_lrs(groups, lr, 0.9, 10 * lr)
     set_frozen_eval(model)
-    return assign(groups, group_lrs(groups, lr, 0.9, 10 * lr), 0.01), groups
+    return assign(groups, lrs, 0.01), groups
 
 
 def run_case(case: Case, args, tmp: str) -> list[list[str]]:
@@ -120,7 +190,15 @@ def run_case(case: Case, args, tmp: str) -> list[list[str]]:
     full_model = copy.deepcopy(base)
     frozen_model = copy.deepcopy(base)
     full_assign, _ = hftl_assignment(full_model, "full", 0, 2e-5)
-    n_blocks = base.config.num_hidden_layers
+    dual = case.flops is not None
+    n_blocks = base.config.vision_config.num_hidden_layers if dual else base.config.num_hidden_layers
+    extra = {}
+    plain_data = data
+    if dual:
+        from hftl.tasks import clip
+
+        extra = {"loss_fn": clip.loss_fn(_settings("full", 0, 2e-5))}
+        plain_data = ReturnLoss(data)
     unfrozen = n_blocks - (2 * n_blocks) // 3  # bottom two thirds of the blocks (and embeddings) frozen
     frozen_assign, groups = hftl_assignment(frozen_model, "partial", unfrozen, 2e-5)
     trainable = sum(p.numel() for p in frozen_model.parameters() if p.requires_grad)
@@ -130,15 +208,16 @@ def run_case(case: Case, args, tmp: str) -> list[list[str]]:
         steps = steps_per_second(make)
         return lambda: case.batch * steps()  # samples/s
 
-    frozen_name = f"hftl, bottom {n_blocks - unfrozen} of {n_blocks} blocks frozen"
+    frozen_name = f"hftl, bottom {n_blocks - unfrozen} of {n_blocks} blocks frozen" + (" per tower" if dual else "")
     results = interleave(
         {
-            "plain Trainer": side(lambda: Trainer(model=plain_model, args=targs, train_dataset=data)),
+            "plain Trainer": side(lambda: Trainer(model=plain_model, args=targs, train_dataset=plain_data,
+                                                  **({"data_collator": _return_loss_collate} if dual else {}))),
             "hftl full + layer-wise lrs": side(
-                lambda: TransferTrainer(model=full_model, args=targs, train_dataset=data, assignment=full_assign)
+                lambda: TransferTrainer(model=full_model, args=targs, train_dataset=data, assignment=full_assign, **extra)
             ),
             frozen_name: side(
-                lambda: TransferTrainer(model=frozen_model, args=targs, train_dataset=data, assignment=frozen_assign)
+                lambda: TransferTrainer(model=frozen_model, args=targs, train_dataset=data, assignment=frozen_assign, **extra)
             ),
         },
         args.repeats,
@@ -147,7 +226,8 @@ def run_case(case: Case, args, tmp: str) -> list[list[str]]:
     rows = []
     for name, values in results.items():
         speed = median(values)
-        flops = train_flops_per_sample(base, case.tokens, fraction if name == frozen_name else 1.0)
+        share = fraction if name == frozen_name else 1.0
+        flops = case.flops(share) if dual else train_flops_per_sample(base, case.tokens, share)
         mfu = f"{100 * speed * flops / (args.peak_tflops * 1e12):.1f}%" if gpu else "n/a (CPU)"
         rows.append([case.name, name, str(case.batch), f"{speed:.1f}", f"{speed / plain:.2f}x", mfu])
     return rows
@@ -166,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for make in (bert_case, vit_case):
+        for make in (bert_case, vit_case, clip_case):
             case = make(args.tiny)
             print(f"== {case.name}", flush=True)
             rows += run_case(case, args, tmp)

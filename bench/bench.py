@@ -9,6 +9,7 @@ Three comparisons, each interleaving its sides (A B A B ...) in this one process
    held-out accuracy of both.
 3. Text throughput on real variable-length reviews (builtin:fine-foods): hftl's defaults (dynamic
    padding, length-grouped batches) vs padding every example to max_length: samples per second.
+4. Comparison 2 for images: DINOv2-small on 1,000 MNIST digits (image demo recipe, no augmentation).
 It prints a markdown table and writes it to --out.
 """
 
@@ -30,13 +31,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from timing import StepTimer, interleave, median, steps_per_second, write_table  # noqa: E402
 
 DEMO = ROOT / "recipes" / "demo" / "text-classification.yaml"
+IMAGE_DEMO = ROOT / "recipes" / "demo" / "image-classification.yaml"
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--logging_strategy", "no"]
 
 
-def _config(tmp: str, *overrides: str):
+def _config(tmp: str, *overrides: str, recipe: Path = DEMO):
     from hftl.config import load_config
 
-    return load_config(str(DEMO), ["--output_dir", tmp, "--overwrite_output_dir", "true", *QUIET, *overrides])
+    return load_config(str(recipe), ["--output_dir", tmp, "--overwrite_output_dir", "true", *QUIET, *overrides])
 
 
 def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
@@ -75,7 +77,8 @@ def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
     ]
 
 
-def cache_vs_none(tmp: str, epochs: int, repeats: int) -> list[str]:
+def cache_vs_none(tmp: str, epochs: int, repeats: int, recipe: Path = DEMO, extra: tuple[str, ...] = (),
+                  what: str = "builtin:bbc-news (1,530 train / 426 test)") -> list[str]:
     """Epoch time after the first and held-out accuracy, feature extraction with and without the cache."""
     from hftl import run
 
@@ -85,7 +88,8 @@ def cache_vs_none(tmp: str, epochs: int, repeats: int) -> list[str]:
     def side(mode: str):
         def measure() -> float:
             cfg = _config(f"{tmp}/fe-{mode}", "--strategy", "feature_extraction", "--cache_features", mode,
-                          "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--head_lr", "2e-3")
+                          "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--head_lr", "2e-3", *extra,
+                          recipe=recipe)
             timer = StepTimer(skip=0)
             start = time.perf_counter()
             metrics = run.train(cfg, "bench", callbacks=[timer])
@@ -97,12 +101,13 @@ def cache_vs_none(tmp: str, epochs: int, repeats: int) -> list[str]:
 
     results = interleave({"off": side("off"), "auto": side("auto")}, repeats)
     off, on = median(results["off"]), median(results["auto"])
+    kind = "image " if recipe == IMAGE_DEMO else ""
     return [
-        "`feature_extraction` epoch after the first: cache vs none",
+        f"{kind}`feature_extraction` epoch after the first: cache vs none",
         f"{on:.2f} s vs {off:.1f} s per epoch; test acc {median(accuracy['auto']):.4f} vs {median(accuracy['off']):.4f}; "
         f"whole run {median(totals['auto']):.0f} s vs {median(totals['off']):.0f} s",
         f"**{off / on:.1f}x**",
-        f"{repeats} rounds x {epochs} epochs on builtin:bbc-news (1,530 train / 426 test)",
+        f"{repeats} rounds x {epochs} epochs on {what}",
     ]
 
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run, comparison 2")
     parser.add_argument("--samples", type=int, default=800, help="training reviews, comparison 3")
     parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--only", default="1,2,3", help="comparisons to run, e.g. --only 1,3")
+    parser.add_argument("--only", default="1,2,3,4", help="comparisons to run, e.g. --only 1,3")
     args = parser.parse_args(argv)
     import torch
 
@@ -163,18 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wanted = {int(x) for x in args.only.split(",")}
         if 1 in wanted:
-            print("1/3 full with layer-wise lrs vs plain Trainer", flush=True)
+            print("1/4 full with layer-wise lrs vs plain Trainer", flush=True)
             rows.append(full_vs_plain(tmp, args.steps, args.repeats))
         if 2 in wanted:
-            print("2/3 feature extraction: cache vs none", flush=True)
+            print("2/4 feature extraction: cache vs none", flush=True)
             rows.append(cache_vs_none(tmp, args.epochs, max(1, args.repeats - 1)))
         if 3 in wanted:
-            print("3/3 dynamic padding vs pad to max_length", flush=True)
+            print("3/4 dynamic padding vs pad to max_length", flush=True)
             rows.append(dynamic_vs_max_length(tmp, args.samples, max(1, args.repeats - 1), args.max_length))
+        if 4 in wanted:
+            print("4/4 image feature extraction: cache vs none", flush=True)
+            rows.append(cache_vs_none(
+                tmp, args.epochs, max(1, args.repeats - 1), IMAGE_DEMO,
+                ("--augment", "false", "--max_train_samples", "1000", "--max_eval_samples", "400", "--head_lr", "1e-2"),
+                "builtin:mnist-5k (1,000 train / 400 test digits, 56 px) with builtin:dinov2-small"))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     text = write_table(
         args.out, "hftl vs plain Trainer", ["comparison", "measured (median)", "ratio", "setup"], rows,
         [f"device: {device}; torch {torch.__version__}; model builtin:minilm-l6",
+         "image row: model builtin:dinov2-small",
          "command: python bench/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])],
     )
     print("\n" + text)

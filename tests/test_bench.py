@@ -22,7 +22,7 @@ def test_gpu_bench_runs_tiny_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| BERT") or line.startswith("| ViT")]
-    assert len(rows) == 6  # 2 models x (plain, hftl full, hftl frozen)
+    rows = [line for line in table.splitlines() if line.startswith(("| BERT", "| ViT", "| CLIP"))]
+    assert len(rows) == 9  # 3 models x (plain, hftl full, hftl frozen)
     assert all("x |" in row for row in rows)
-    assert sum("| 1.00x |" in row for row in rows) >= 2  # the plain Trainer is each model's baseline
+    assert sum("| 1.00x |" in row for row in rows) >= 3  # the plain Trainer is each model's baseline

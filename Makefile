@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: demo demo-scratch demo-image demo-image-scratch demo-forgetting test test-fast bench env clean
+.PHONY: demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo-image: $(STAMP)
 demo-image-scratch: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --from_scratch true \
 		--output_dir runs/demo-image-classification-scratch --overwrite_output_dir true $(EXTRA)
+
+demo-clip: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/clip.yaml --overwrite_output_dir true
+	$(OFFLINE) $(BIN)/hftl wise-ft recipes/demo/clip.yaml
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hftl import card
+import numpy as np
+import torch
+from torch import nn
+
+from hftl import card, metrics
 from hftl.config import RunConfig, write_resolved
 from hftl.errors import HftlError
 from hftl.layers import LayerGroup
 from hftl.optim import assign
 from hftl.plan import plan_rows
+from hftl.tasks.classification import Labels
+from hftl.zero_shot import class_embeddings, image_embeddings, zero_shot_accuracy
 
 
 def run(config: RunConfig, command: str) -> dict:
@@ -39,7 +45,7 @@ def run(config: RunConfig, command: str) -> dict:
         metrics = dict(before)
         for split in ("validation", "test"):
             if split in encoded and f"zero_shot_{split}_accuracy" not in metrics:
-                metrics[f"zero_shot_{split}_accuracy"] = clip.zero_shot_accuracy(
+                metrics[f"zero_shot_{split}_accuracy"] = zero_shot_accuracy(
                     model, processor, encoded[split], labels.names, clip.templates(config), device,
                     config.training.per_device_eval_batch_size)
         rows = []
@@ -63,12 +69,12 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
 
     args = config.training
     device = args.device
-    features = {split: clip.features_dataset(model, ds, device, args.per_device_eval_batch_size) for split, ds in encoded.items()}
+    features = {split: features_dataset(model, ds, device, args.per_device_eval_batch_size) for split, ds in encoded.items()}
     for split, ds in features.items():
         print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers run once).")
-    classes = clip.class_embeddings(model, processor.tokenizer, labels.names, clip.templates(config), device).cpu()
+    classes = class_embeddings(model, processor.tokenizer, labels.names, clip.templates(config), device).cpu()
     scale = float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE))
-    probe = clip.LinearProbe(classes, scale)
+    probe = LinearProbe(classes, scale)
     head = LayerGroup("head", list(probe.named_parameters()))
     lr = config.transfer.head_lr if config.transfer.head_lr is not None else args.learning_rate
     assignment = assign([head], {"head": lr}, args.weight_decay)
@@ -77,7 +83,7 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
     args.dataloader_drop_last = False  # contrastive batches must be equal across ranks; a probe's need not
     trainer = TransferTrainer(
         model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
-        compute_metrics=clip.probe_metrics(labels), assignment=assignment,
+        compute_metrics=probe_metrics(labels), assignment=assignment,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = dict(before)
@@ -86,6 +92,50 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
             metrics.update(trainer.evaluate(features[split], metric_key_prefix=prefix))
     if args.process_index == 0:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        clip.write_probe(args.output_dir, probe.classifier, labels.names)
+        write_probe(args.output_dir, probe.classifier, labels.names)
         trainer.save_state()
     return metrics, plan_rows([head], assignment)
+
+
+def write_probe(folder: str, probe: nn.Linear, names: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"weight": probe.weight.detach().cpu().contiguous(), "bias": probe.bias.detach().cpu().contiguous()},
+              str(Path(folder) / "linear_probe.safetensors"))
+    Path(folder, "linear_probe_labels.json").write_text(json.dumps(names, indent=2) + "\n")
+
+
+def features_dataset(model, encoded_split, device, batch_size: int):
+    from datasets import Dataset
+
+    feats, labels = image_embeddings(model, encoded_split, None, device, batch_size)
+    return Dataset.from_dict({"features": feats.cpu().numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier over normalised image embeddings, scaled like CLIP's logits."""
+
+    def __init__(self, classes: torch.Tensor, scale: float):
+        super().__init__()
+        self.classifier = nn.Linear(classes.shape[1], classes.shape[0])
+        with torch.no_grad():
+            self.classifier.weight.copy_(classes * scale)  # zero-shot head: step 0 predicts as zero-shot does
+            self.classifier.bias.zero_()
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.classifier(features)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
+
+
+def probe_metrics(labels: Labels):
+    accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
+
+    def compute(eval_pred):
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        pred = np.asarray(logits).argmax(-1)
+        refs = eval_pred.label_ids
+        return {"accuracy": accuracy.compute(predictions=pred, references=refs)["accuracy"],
+                "f1_macro": f1.compute(predictions=pred, references=refs, average="macro")["f1"]}
+
+    return compute

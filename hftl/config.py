@@ -214,9 +214,10 @@ TASK_TRAINING_DEFAULTS = {
     "text-classification": {"train_sampling_strategy": "group_by_length"},
     # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name
     "image-classification": {"remove_unused_columns": False},
-    # CLIP: images and captions feed the transform; equal batches on every rank for gathered features; the
-    # evaluation loss is the contrastive loss (zero-shot accuracy is measured separately, on every image)
-    "clip": {"remove_unused_columns": False, "dataloader_drop_last": True, "prediction_loss_only": True},
+    # CLIP: images and captions feed the transform; the evaluation loss is the contrastive loss (zero-shot
+    # accuracy is measured separately, on every image). Gathered batches match across ranks without dropping
+    # the last one: Accelerate's even_batches completes a short last batch on every rank.
+    "clip": {"remove_unused_columns": False, "prediction_loss_only": True},
 }
 
 
@@ -374,6 +375,15 @@ def _validate_clip(config: RunConfig) -> None:
         value = getattr(t, key)
         if value is not None and value not in ("feature_extraction", "partial", "full"):
             raise HftlError(f"{key} `{value}` is not available for dual encoders: use feature_extraction, partial or full per tower.")
+    for tower in ("text", "vision"):
+        decay, lr = getattr(t, f"{tower}_layer_decay"), getattr(t, f"{tower}_learning_rate")
+        unfrozen = getattr(t, f"{tower}_unfrozen_groups")
+        if decay is not None and decay <= 0:
+            raise HftlError(f"{tower}_layer_decay must be > 0 (got {decay}); 1.0 means no decay.")
+        if lr is not None and lr < 0:
+            raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
+        if unfrozen is not None and unfrozen < 0:
+            raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
     if t.head_warmup_epochs or t.unfreeze_every or t.l2_sp or t.ewc or t.replay_data:
         raise HftlError(
             "head_warmup_epochs, unfreeze_every, l2_sp, ewc and replay_data are not available for task clip yet; drop them."

@@ -12,10 +12,40 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
+
 from hftl.config import RunConfig
 from hftl.errors import HftlError
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolate(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * zero-shot + alpha * fine-tuned, weight by weight (exact at alpha 0 and 1)."""
+    if set(zero_shot) != set(fine_tuned):
+        only_a, only_b = sorted(set(zero_shot) - set(fine_tuned)), sorted(set(fine_tuned) - set(zero_shot))
+        raise HftlError(
+            f"WiSE-FT needs two checkpoints of one architecture: weights only in the zero-shot model {only_a[:3]}, only in "
+            f"the fine-tuned one {only_b[:3]}. Fine-tune the recipe's own model and interpolate with it."
+        )
+    out = {}
+    for name, a in zero_shot.items():
+        b = fine_tuned[name]
+        if a.shape != b.shape:
+            raise HftlError(
+                f"WiSE-FT needs weights of equal shapes: `{name}` is {tuple(a.shape)} in the zero-shot model and "
+                f"{tuple(b.shape)} in the fine-tuned one. Use checkpoints of the same configuration."
+            )
+        if not a.is_floating_point():
+            out[name] = b.clone()
+        elif alpha == 0:
+            out[name] = a.clone()
+        elif alpha == 1:
+            out[name] = b.clone()
+        else:
+            out[name] = (1 - alpha) * a.float() + alpha * b.float()
+            out[name] = out[name].to(a.dtype)
+    return out
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -32,6 +62,7 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
     from transformers import AutoModel
 
     from hftl.tasks import clip
+    from hftl.zero_shot import zero_shot_accuracy
 
     if config.transfer.task != "clip":
         raise HftlError(f"hftl wise-ft interpolates dual encoders (task clip); this recipe's task is `{config.transfer.task}`.")
@@ -56,15 +87,15 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
         )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     end = tuned.state_dict()
-    clip.interpolate(start, end, 0.5)  # shape and name checks before any evaluation
+    interpolate(start, end, 0.5)  # shape and name checks before any evaluation
     encoded = clip.encode(config, raw, processor)
     split = clip.eval_split(encoded)
     device = config.training.device
     model.to(device)
     rows = []
     for alpha in alphas:
-        model.load_state_dict(clip.interpolate(start, end, alpha))
-        accuracy = clip.zero_shot_accuracy(model, processor, encoded[split], labels.names, clip.templates(config), device,
+        model.load_state_dict(interpolate(start, end, alpha))
+        accuracy = zero_shot_accuracy(model, processor, encoded[split], labels.names, clip.templates(config), device,
                                            config.training.per_device_eval_batch_size)
         rows.append({"alpha": alpha, f"zero_shot_{split}_accuracy": accuracy})
         print(f"hftl: alpha {alpha:.2f}: zero-shot {split} accuracy {accuracy:.4f}")

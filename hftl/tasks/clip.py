@@ -21,21 +21,21 @@ the zero-shot class embeddings, so its first step starts at zero-shot accuracy.
 
 from __future__ import annotations
 
-import json
 import weakref
+import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl import builtin, images, metrics
+from hftl import builtin, images
 from hftl.config import DEFAULT_PROMPT, RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError
 from hftl.layers import is_dual_encoder
 from hftl.tasks.classification import Labels, labelled
+from hftl.zero_shot import zero_shot_accuracy
 
 PIPELINE_TASK = "zero-shot-image-classification"
 CACHEABLE = False
@@ -75,7 +75,7 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
             f"not in {', '.join(columns)}). Set `label_column`."
         )
     if has_captions:
-        _check_captions(raw, data.caption_column)
+        _check_captions(raw, data.caption_column, data.image_column)
     raw = images.prepare_column(raw, data, _base_dir(config))
     if has_labels:
         raw, labels = labelled(raw, config)
@@ -85,15 +85,17 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
     return raw, labels
 
 
-def _check_captions(raw: DatasetDict, column: str) -> None:
+def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
     for split, ds in raw.items():
         if column not in ds.column_names:
             raise HftlError(f"The {split} split has no caption column `{column}`; give every split captions.")
         empty = [i for i, c in enumerate(ds[column]) if c is None or not str(c).strip()]
         if empty:
+            value = ds[empty[0]].get(image_column)
+            which = f"the image {value}" if isinstance(value, str) else f"row {empty[0]} of the split"
             raise HftlError(
-                f"The {split} split has {len(empty)} empty caption(s) in `{column}` (first at row {empty[0]}). Every image "
-                "needs a caption: fill those rows or drop them."
+                f"The {split} split has {len(empty)} empty caption(s) in `{column}` (the first belongs to {which}). Every "
+                "image needs a caption: fill those rows or drop them."
             )
 
 
@@ -187,7 +189,10 @@ def _transform(preprocess, image_column, caption_column, names, prompts, augment
 
 
 class Collator:
-    """Stack images, tokenise and pad captions, keep labels (same-label positives, zero-shot)."""
+    """Stack images, tokenise and pad captions, keep labels (same-label positives, zero-shot).
+
+    Caption-only data gets a stable id per caption text as its `labels`, so two images with the
+    same caption in a batch are positives of each other, not negatives (crc32: equal on every rank)."""
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -200,6 +205,8 @@ class Collator:
                  "attention_mask": text["attention_mask"]}
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        else:
+            batch["labels"] = torch.tensor([zlib.crc32(r["caption"].encode()) & 0x7FFFFFFF for r in rows])
         return batch
 
 
@@ -256,47 +263,6 @@ def loss_fn(config: RunConfig):
 # ---------------------------------------------------------------- zero-shot
 
 
-@torch.inference_mode()
-def text_embeddings(model, tokenizer, texts: list[str], device, batch_size: int = 256) -> torch.Tensor:
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt").to(device)
-        pooled = model.text_model(**batch).pooler_output
-        out.append(nn.functional.normalize(model.text_projection(pooled).float(), dim=-1))
-    return torch.cat(out)
-
-
-@torch.inference_mode()
-def image_embeddings(model, dataset, collate, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        pixels = torch.stack([r["pixel_values"] for r in rows]).to(device)
-        pooled = model.vision_model(pixel_values=pixels).pooler_output
-        feats.append(nn.functional.normalize(model.visual_projection(pooled).float(), dim=-1))
-        labels.append(torch.tensor([r["labels"] for r in rows]))
-    return torch.cat(feats), torch.cat(labels)
-
-
-def class_embeddings(model, tokenizer, names: list[str], prompts: list[str], device) -> torch.Tensor:
-    """Per class: the normalised mean of its templates' normalised text embeddings."""
-    texts = [p.format(label=n) for n in names for p in prompts]
-    emb = text_embeddings(model, tokenizer, texts, device).view(len(names), len(prompts), -1).mean(1)
-    return nn.functional.normalize(emb, dim=-1)
-
-
-def zero_shot_accuracy(model, processor, dataset, names: list[str], prompts: list[str], device, batch_size: int) -> float:
-    was = model.training
-    model.eval()
-    try:
-        classes = class_embeddings(model, processor.tokenizer, names, prompts, device)
-        feats, labels = image_embeddings(model, dataset, None, device, batch_size)
-        predicted = (feats @ classes.T).argmax(-1).cpu()
-        return float((predicted == labels).float().mean())
-    finally:
-        model.train(was)
-
-
 def eval_split(encoded: DatasetDict) -> str:
     return "test" if "test" in encoded else "validation"
 
@@ -322,78 +288,3 @@ def metric_names(labels: Labels) -> list[str]:
 
 def compute_metrics_fn(labels: Labels):
     return None
-
-
-# ---------------------------------------------------------------- WiSE-FT
-
-
-def interpolate(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """(1 - alpha) * zero-shot + alpha * fine-tuned, weight by weight (exact at alpha 0 and 1)."""
-    if set(zero_shot) != set(fine_tuned):
-        only_a, only_b = sorted(set(zero_shot) - set(fine_tuned)), sorted(set(fine_tuned) - set(zero_shot))
-        raise HftlError(
-            f"WiSE-FT needs two checkpoints of one architecture: weights only in the zero-shot model {only_a[:3]}, only in "
-            f"the fine-tuned one {only_b[:3]}. Fine-tune the recipe's own model and interpolate with it."
-        )
-    out = {}
-    for name, a in zero_shot.items():
-        b = fine_tuned[name]
-        if a.shape != b.shape:
-            raise HftlError(
-                f"WiSE-FT needs weights of equal shapes: `{name}` is {tuple(a.shape)} in the zero-shot model and "
-                f"{tuple(b.shape)} in the fine-tuned one. Use checkpoints of the same configuration."
-            )
-        if not a.is_floating_point():
-            out[name] = b.clone()
-        elif alpha == 0:
-            out[name] = a.clone()
-        elif alpha == 1:
-            out[name] = b.clone()
-        else:
-            out[name] = (1 - alpha) * a.float() + alpha * b.float()
-            out[name] = out[name].to(a.dtype)
-    return out
-
-
-def write_probe(folder: str, probe: nn.Linear, names: list[str]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({"weight": probe.weight.detach().cpu().contiguous(), "bias": probe.bias.detach().cpu().contiguous()},
-              str(Path(folder) / "linear_probe.safetensors"))
-    Path(folder, "linear_probe_labels.json").write_text(json.dumps(names, indent=2) + "\n")
-
-
-def features_dataset(model, encoded_split, device, batch_size: int):
-    from datasets import Dataset
-
-    feats, labels = image_embeddings(model, encoded_split, None, device, batch_size)
-    return Dataset.from_dict({"features": feats.cpu().numpy(), "labels": labels.numpy()}).with_format("torch")
-
-
-class LinearProbe(nn.Module):
-    """A linear classifier over normalised image embeddings, scaled like CLIP's logits."""
-
-    def __init__(self, classes: torch.Tensor, scale: float):
-        super().__init__()
-        self.classifier = nn.Linear(classes.shape[1], classes.shape[0])
-        with torch.no_grad():
-            self.classifier.weight.copy_(classes * scale)  # zero-shot head: step 0 predicts as zero-shot does
-            self.classifier.bias.zero_()
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
-        logits = self.classifier(features)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
-
-
-def probe_metrics(labels: Labels):
-    accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
-
-    def compute(eval_pred):
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        pred = np.asarray(logits).argmax(-1)
-        refs = eval_pred.label_ids
-        return {"accuracy": accuracy.compute(predictions=pred, references=refs)["accuracy"],
-                "f1_macro": f1.compute(predictions=pred, references=refs, average="macro")["f1"]}
-
-    return compute

@@ -384,9 +384,10 @@ def _validate_clip(config: RunConfig) -> None:
             raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
         if unfrozen is not None and unfrozen < 0:
             raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
-    if t.head_warmup_epochs or t.unfreeze_every or t.l2_sp or t.ewc or t.replay_data:
+    if t.head_warmup_epochs or t.unfreeze_every or t.ewc or t.replay_data:
         raise HftlError(
-            "head_warmup_epochs, unfreeze_every, l2_sp, ewc and replay_data are not available for task clip yet; drop them."
+            "head_warmup_epochs, unfreeze_every, ewc and replay_data are not available for task clip yet (l2_sp is); "
+            "drop them."
         )
     for template in config.data.prompt_templates:
         if "{label}" not in template:

@@ -962,3 +962,20 @@ def test_two_process_ddp_with_and_without_gathered_features(tmp_path):
     assert runs[True]["results"]["train_loss"] != pytest.approx(runs[False]["results"]["train_loss"], rel=1e-4)
     for gather in (True, False):  # the zero-shot evaluation runs under DDP too
         assert 0 <= runs[gather]["results"]["zero_shot_validation_accuracy_after"] <= 1
+
+
+def test_l2sp_holds_both_towers_near_their_pretrained_weights(tiny_dual, colours, tmp_path):
+    from safetensors.torch import load_file
+
+    start = load_file(str(tiny_dual / "model.safetensors"))
+    distances = {}
+    for alpha in (0, 100):
+        out = tmp_path / f"a{alpha}"
+        recipe = _recipe(tmp_path / f"{alpha}.yaml", model_name_or_path=str(tiny_dual), dataset=str(colours),
+                         output_dir=str(out), l2_sp=alpha, learning_rate=1e-2, weight_decay=0.0, num_train_epochs=2)
+        _train("train", str(recipe))
+        end = load_file(str(out / "model.safetensors"))
+        towers = [k for k in start if k.startswith(("vision_model.encoder.", "text_model.encoder."))]
+        assert towers
+        distances[alpha] = sum(((end[k].float() - start[k].float()) ** 2).sum().item() for k in towers)
+    assert 0 < distances[100] < 0.5 * distances[0], distances

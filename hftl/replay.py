@@ -1,7 +1,11 @@
-"""Replay against forgetting: every training step also learns a batch of a labelled source task.
+"""Replay against forgetting: every training step also learns a batch of a source task.
 
-The source task keeps its own head (a linear layer on the encoder's mean-pooled output), so the
-encoder must stay good at it while it learns the target task. Each step adds the source batch's
+Two kinds, chosen by the data. Labelled source data (it has the recipe's `label_column`) is a
+source task with its own head: a linear layer on the encoder's mean-pooled output. Unlabelled
+text, for a checkpoint that ships a masked-language-model head, is masked-LM replay: the
+pre-training objective itself, 15% of the tokens masked, through that head (its decoder tied to
+the model's word embeddings). Either way the encoder must stay good at the source task while it
+learns the target task. Each step adds the source batch's
 cross-entropy to the target loss; `replay_ratio` sets the source batch size relative to the
 target batch (0.25: one source example per four target examples). The source data goes through
 the task's own loading, checks and preprocessing, so its columns must fit the task's recipe keys.
@@ -36,6 +40,16 @@ class Replay:
             config.data, dataset=t.replay_data, train_file=None, validation_file=None, test_file=None,
             class_names=[], max_train_samples=None, max_eval_samples=None, label_separator=None,
         )
+        args = config.training
+        self.batch_size = max(1, round(t.replay_ratio * args.per_device_train_batch_size))
+        self.seed, self.rank, self.world = args.seed, args.process_index, args.world_size
+        self._iterator = None
+        self._epoch = 0
+        if config.transfer.task == "text-classification" and not _has_column(source, config.data.label_column):
+            self.kind = "mlm"
+            self._masked_lm(config, source, processor, model)
+            return
+        self.kind = "labelled"
         try:
             raw, labels = task.load_data(source)
         except HftlError as err:
@@ -45,17 +59,45 @@ class Replay:
         self.labels = labels.names
         self.train = task.encode(source, raw, processor)["train"]
         self.collator = task.collator(processor)
-        args = config.training
-        self.batch_size = max(1, round(t.replay_ratio * args.per_device_train_batch_size))
-        self.seed, self.rank, self.world = args.seed, args.process_index, args.world_size
-        hidden = model.config.hidden_size
         generator = torch.Generator().manual_seed(args.seed)
-        self.head = nn.Linear(hidden, len(self.labels))
+        self.head = nn.Linear(model.config.hidden_size, len(self.labels))
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * 0.02)
             self.head.bias.zero_()
-        self._iterator = None
-        self._epoch = 0
+
+    def _masked_lm(self, config: RunConfig, source: RunConfig, processor, model: nn.Module) -> None:
+        """Unlabelled text: the checkpoint's own MLM head, its decoder tied to the model's word embeddings."""
+        from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+        from hftl.data import load_splits
+
+        name = config.transfer.replay_data
+        path = task_source(config)
+        try:
+            mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, revision=config.model.revision)
+        except (OSError, ValueError, KeyError):
+            info = None
+        if info is None or info["missing_keys"]:
+            raise HftlError(
+                f"replay_data `{name}` has no label column `{config.data.label_column}`, so it would be masked-LM replay, "
+                f"but `{config.model.model_name_or_path}` ships no masked-language-model head. Give labelled source data "
+                "(a source task with its own head) or a checkpoint with an MLM head."
+            )
+        raw = load_splits(source.data, config.model.trust_remote_code)["train"]
+        if config.data.text_column not in raw.column_names:
+            raise HftlError(
+                f"replay_data `{name}` has no `{config.data.text_column}` column (from `text_column`); its columns are "
+                f"{', '.join(raw.column_names)}."
+            )
+        limit = min(config.data.max_length, getattr(processor, "model_max_length", None) or config.data.max_length)
+        texts = [t or "" for t in raw[config.data.text_column]]
+        self.train = [{"input_ids": ids} for ids in processor(texts, truncation=True, max_length=limit)["input_ids"]]
+        self.collator = DataCollatorForLanguageModeling(processor, mlm_probability=0.15)
+        self.head = next(m for n, m in mlm.named_children() if n != mlm.base_model_prefix)
+        decoder = mlm.get_output_embeddings()
+        if decoder is not None and decoder.weight.shape == model.get_input_embeddings().weight.shape:
+            decoder.weight = model.get_input_embeddings().weight  # tied, as in pre-training
+        self.labels = []
 
     def attach(self, model: nn.Module) -> None:
         setattr(model, ATTRIBUTE, self.head)
@@ -72,7 +114,8 @@ class Replay:
             yield from DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator)
 
     def loss(self, model: nn.Module) -> torch.Tensor:
-        """Cross-entropy of the next source batch through the model's encoder and the source head."""
+        """Cross-entropy of the next source batch through the model's encoder and the source head
+        (masked tokens through the MLM head, for masked-LM replay)."""
         if self._iterator is None:
             self._iterator = self._batches()
         batch = next(self._iterator)
@@ -81,5 +124,26 @@ class Replay:
         device = weight.device
         labels = batch.pop("labels").to(device)
         inputs = {k: v.to(device) for k, v in batch.items()}
+        if self.kind == "mlm":
+            hidden = model.base_model(**inputs).last_hidden_state
+            logits = head(hidden)
+            return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1), ignore_index=-100)
         pooled = mean_pooled(model.base_model, inputs)
         return nn.functional.cross_entropy(head(pooled.to(weight.dtype)), labels)
+
+
+def task_source(config: RunConfig) -> str:
+    from hftl import builtin
+
+    name = config.model.model_name_or_path
+    return builtin.model_path(name) if builtin.is_builtin(name) else name
+
+
+def _has_column(source: RunConfig, column: str) -> bool:
+    """Whether the source data has `column` (read once here; the loaders read it again)."""
+    from hftl.data import load_splits
+
+    try:
+        return column in load_splits(source.data, source.model.trust_remote_code)["train"].column_names
+    except HftlError:
+        return True  # let the labelled path report the problem in full

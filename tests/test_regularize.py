@@ -215,3 +215,46 @@ def test_replay_learns_the_source_task_beside_the_target_and_saves_the_target_al
     assert main(["train", str(recipe), "--replay_data", str(bad), "--output_dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "replay_data" in err and "text_column" in err and "Traceback" not in err
+
+
+def test_masked_lm_replay_uses_the_checkpoints_mlm_head(tmp_path, sentiment_csv, capsys):
+    """Unlabelled source text + a checkpoint with an MLM head: the pre-training objective is replayed."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from conftest import make_tiny_model, write_csv
+    from hftl import run
+    from hftl.config import load_config
+
+    folder = make_tiny_model("bert", tmp_path / "bert-mlm")
+    torch.manual_seed(0)
+    AutoModelForMaskedLM.from_pretrained(folder).save_pretrained(folder)  # an encoder that ships its MLM head
+    sentences = ["the movie was very good", "we ate the food that day", "they said it was a dull day"]
+    text = write_csv(tmp_path / "general.csv", [{"text": sentences[i % 3]} for i in range(60)])  # predictable text
+    out = tmp_path / "o"
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), train_file=str(sentiment_csv / "train.csv"),
+                          output_dir=str(out), strategy="full", learning_rate=3e-3, num_train_epochs=1, seed=0,
+                          replay_data=str(text), replay_ratio=1.0, per_device_train_batch_size=16)
+    built = run.build(load_config(str(recipe)))
+    assert built.replay.kind == "mlm"
+    embeddings = built.model.get_input_embeddings().weight
+    assert built.replay.head.predictions.decoder.weight is embeddings  # tied to the model's word embeddings
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(40):
+        loss = built.replay.loss(built.model)
+        loss.backward()
+        with torch.no_grad():
+            for p in built.model.parameters():
+                if p.grad is not None:
+                    p -= 0.5 * p.grad
+                    p.grad = None
+        losses.append(loss.item())
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8, losses
+    assert main(["train", str(recipe)]) == 0
+    assert not any("replay" in k for k in load_file(str(out / "model.safetensors")))
+    capsys.readouterr()
+    plain = make_tiny_model("bert", tmp_path / "bert-plain")  # no MLM head in this checkpoint
+    assert main(["train", str(recipe), "--model_name_or_path", str(plain), "--output_dir", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "masked-language-model head" in err and "Traceback" not in err

@@ -92,7 +92,7 @@ class TransferArgs:
     ewc: float = 0  # EWC: lambda/2 * sum F_i (w_i - w*_i)^2, Fisher scaled to mean 1 (0: off)
     ewc_data: str | None = None  # data for the Fisher: text (or images) like the pre-training's, e.g. builtin:bbc-news
     ewc_samples: int = 500  # examples the Fisher is averaged over
-    replay_data: str | None = None  # labelled source data learnt beside the target (own head), against forgetting
+    replay_data: str | None = None  # source data learnt beside the target: labelled (own head) or text (masked LM)
     replay_ratio: float = 0.25  # source examples per target example in every step
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
     early_stopping_threshold: float = 0.0  # the least change that counts as an improvement

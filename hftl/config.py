@@ -329,6 +329,8 @@ def validate(config: RunConfig) -> None:
             "ewc needs a dataset to estimate the Fisher on: set `ewc_data` to data like the model's pre-training "
             "(a Hub dataset, a local file or builtin:NAME; its text column must match `text_column`)."
         )
+    if config.transfer.ewc and config.transfer.strategy == "feature_extraction":
+        raise HftlError("ewc protects trainable backbone weights; with feature_extraction none train. Drop ewc or pick another strategy.")
     if config.transfer.ewc and config.transfer.ewc_samples < 1:
         raise HftlError(f"ewc_samples must be >= 1 (got {config.transfer.ewc_samples}).")
     if config.transfer.replay_data and config.transfer.strategy == "feature_extraction":
@@ -384,6 +386,8 @@ def _validate_clip(config: RunConfig) -> None:
             raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
         if unfrozen is not None and unfrozen < 0:
             raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
+    if config.data.label_separator:
+        raise HftlError("task clip takes one label per image (a caption per class): drop label_separator.")
     if t.head_warmup_epochs or t.unfreeze_every or t.ewc or t.replay_data:
         raise HftlError(
             "head_warmup_epochs, unfreeze_every, ewc and replay_data are not available for task clip yet (l2_sp is); "

@@ -179,7 +179,7 @@ def cached_splits(model, encoded: DatasetDict, collator, config: RunConfig, task
             columns["attention_mask"] = np.ones(feats.shape[:2], dtype=np.int64)
         table = Dataset.from_dict(columns)
         if config.transfer.cache_features == "disk":
-            path = f"{args.output_dir}/feature_cache/{split}"
+            path = f"{args.output_dir}/feature_cache/{split}-rank{args.process_index}"  # each rank its own files
             table.save_to_disk(path)
             table = Dataset.load_from_disk(path)  # memory-mapped: the features need not fit in RAM
         result[split] = table.with_format("torch")

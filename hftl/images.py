@@ -2,7 +2,7 @@
 
 Sources: an image folder (`root/<class>/*.jpg`, optionally under `train/`, `validation/`, `test/`),
 a csv/json/parquet whose `image_column` holds paths (relative to `image_root` or the file's
-folder) or image bytes, a saved DatasetDict, or a Hub dataset with an Image column. Every image
+folder), a parquet file or saved DatasetDict with an Image column, or a Hub dataset with an Image column. Every image
 column becomes `datasets.Image(decode=False)`, so hftl decodes each image itself: a file that
 cannot be read is named in the error instead of failing deep inside a DataLoader worker.
 
@@ -166,8 +166,8 @@ def convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
-        image = Image.fromarray((array / top * 255).astype(np.uint8))
+        top = 65535.0 if image.mode != "F" else 1.0  # 16-bit range, or floats in [0, 1]: one scale for every image
+        image = Image.fromarray((np.clip(array / top, 0, 1) * 255).round().astype(np.uint8))
     return image.convert(mode)
 
 
@@ -178,13 +178,16 @@ def check_images(raw: DatasetDict, column: str, mode: str) -> DatasetDict:
     out = DatasetDict()
     for split, ds in raw.items():
         bad: list[tuple[int, str, str]] = []
-        values = ds[column]
-        for i, value in enumerate(tqdm(values, desc=f"Checking {split} images", disable=len(values) < 2000)):
-            try:
-                decode(value)
-            except Exception as err:  # PIL raises many types for unreadable data
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                bad.append((i, describe(value), reason))
+        chunk = 256  # a slice of the column at a time: embedded image bytes need not all sit in memory
+        with tqdm(total=len(ds), desc=f"Checking {split} images", disable=len(ds) < 2000) as progress:
+            for start in range(0, len(ds), chunk):
+                for offset, value in enumerate(ds[start : start + chunk][column]):
+                    try:
+                        decode(value)
+                    except Exception as err:  # PIL raises many types for unreadable data
+                        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        bad.append((start + offset, describe(value), reason))
+                progress.update(min(chunk, len(ds) - start))
         if bad and mode == "error":
             first = bad[0]
             raise HftlError(
@@ -236,6 +239,9 @@ class Preprocess:
                 value, crop = int(round(side * ratio)), {"height": side, "width": side}
             elif kind == "shortest_edge":
                 value = side
+            elif crop:  # resize to an exact size, then crop (DeiT: 256 -> 224): keep that ratio too
+                ratio = value[0] / _size(crop)[1][0]
+                value, crop = (int(round(side * ratio)),) * 2, {"height": side, "width": side}
             else:
                 value, crop = (side, side), None
             self._write_back(processor, kind, value, crop)

@@ -38,7 +38,7 @@ class Replay:
         source = copy.copy(config)
         source.data = dataclasses.replace(
             config.data, dataset=t.replay_data, train_file=None, validation_file=None, test_file=None,
-            class_names=[], max_train_samples=None, max_eval_samples=None, label_separator=None,
+            class_names=[], max_train_samples=None, max_eval_samples=None, label_separator=None, image_root=None,
         )
         args = config.training
         self.batch_size = max(1, round(t.replay_ratio * args.per_device_train_batch_size))

@@ -71,6 +71,10 @@ def build(config: RunConfig) -> Built:
         model = lora.wrap(model, config, groups)
         groups = layer_groups(model.get_base_model())  # adapters land in their block's group
         state = {n: p.requires_grad for g in groups for n, p in g.params}
+    for name, param in model.named_parameters():
+        if name.endswith(".mask_token"):  # masked-image pre-training only: no gradient ever, so DDP must not wait for one
+            param.requires_grad_(False)
+            state[name] = False
     trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
     phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
     if not any(state.values()):
@@ -210,6 +214,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     built = build(config)
     _check_best_metric(config, built)
     cache = should_cache(config, built.groups, built.task)  # a refused cache request is bad input: before any write
+    regularizer = _regularizer(config, built)  # reads and checks ewc_data: also before any write
     args = config.training
     encoded = built.task.encode(config, built.raw, built.processor)
     main_process = args.process_index == 0
@@ -227,7 +232,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     zero_shot = getattr(built.task, "zero_shot_metrics", None)
     zero_shot_before = zero_shot(config, built.model, built.processor, built.labels, encoded) if zero_shot else {}
     encoded, collator, swap, lengths = _inputs(config, built, encoded, cache)
-    trainer = _trainer(config, built, encoded, write_card, collator, swap)
+    trainer = _trainer(config, built, encoded, write_card, collator, swap, regularizer)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     trainer.train_lengths = lengths
@@ -282,6 +287,8 @@ def _regularizer(config: RunConfig, built: Built):
 
         model = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
         params = trainable_backbone(built.groups)
+        if not params:
+            raise HftlError("ewc protects trainable backbone weights, but the plan trains none (only the head): drop ewc or train more of the backbone.")
         batches = source_batches(config, built.processor, t.ewc_data, t.ewc_samples)
         model.to(config.training.device)
         fisher = embedding_fisher(model.base_model, params, batches, seed=config.training.seed)
@@ -291,7 +298,7 @@ def _regularizer(config: RunConfig, built: Built):
     return parts[0] if len(parts) == 1 else (Sum(parts) if parts else None)
 
 
-def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap):
+def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap, regularizer=None):
     from hftl.trainer import TransferTrainer
 
     if built.replay is not None and config.training.ddp_static_graph is None:
@@ -314,7 +321,7 @@ def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swa
         phases=PhaseController(built.model, built.groups, built.phases, config.transfer.eval_frozen)
         if len(built.phases) > 1 else None,
         plan_record=lambda folder: write_plan_record(folder, config, built.phases),
-        regularizer=_regularizer(config, built),
+        regularizer=regularizer,
         replay=built.replay,
         loss_fn=built.task.loss_fn(config) if hasattr(built.task, "loss_fn") else None,
         callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)]

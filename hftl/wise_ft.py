@@ -79,7 +79,8 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
     try:
         tuned = AutoModel.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {str(err).splitlines()[0]}.") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {first}.") from None
     if type(tuned) is not type(model):
         raise HftlError(
             f"WiSE-FT needs two checkpoints of one architecture: the zero-shot model is {type(model).__name__}, "
@@ -99,7 +100,8 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
                                            config.training.per_device_eval_batch_size)
         rows.append({"alpha": alpha, f"zero_shot_{split}_accuracy": accuracy})
         print(f"hftl: alpha {alpha:.2f}: zero-shot {split} accuracy {accuracy:.4f}")
-    _write(folder / "wise-ft", rows, split, config.model.model_name_or_path, str(folder))
+    if config.training.process_index == 0:  # under accelerate launch every rank measures; one writes
+        _write(folder / "wise-ft", rows, split, config.model.model_name_or_path, str(folder))
     return rows
 
 

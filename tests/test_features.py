@@ -41,7 +41,7 @@ def runs(tmp_path_factory, tiny_bert, sentiment_csv):
 def test_cache_is_used_only_when_asked_or_automatic(runs):
     assert "cached 216 train features" not in runs["off"]["stdout"]
     assert "cached 216 train features" in runs["auto"]["stdout"]
-    assert (runs["disk"]["dir"] / "feature_cache" / "train").is_dir()
+    assert (runs["disk"]["dir"] / "feature_cache" / "train-rank0").is_dir()  # one folder per rank
 
 
 @pytest.mark.parametrize("mode", ["auto", "disk"])

@@ -89,6 +89,12 @@ def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
     for split, ds in raw.items():
         if column not in ds.column_names:
             raise HftlError(f"The {split} split has no caption column `{column}`; give every split captions.")
+        dtype = getattr(ds.features[column], "dtype", None)
+        if dtype not in ("string", "large_string"):
+            raise HftlError(
+                f"The caption column `{column}` of the {split} split holds {dtype or type(ds.features[column]).__name__} "
+                "values, not one caption string per image. Give one caption per row (repeat an image for more captions)."
+            )
         empty = [i for i, c in enumerate(ds[column]) if c is None or not str(c).strip()]
         if empty:
             value = ds[empty[0]].get(image_column)

@@ -14,7 +14,7 @@ from datasets import ClassLabel, DatasetDict, Value
 
 from hftl import builtin
 from hftl.config import DataArgs
-from hftl.errors import HftlError
+from hftl.errors import HftlError, first_line
 
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 STRATA = "__hftl_strata"
@@ -94,9 +94,8 @@ def _load(*args, **kwargs) -> DatasetDict:
     except HftlError:
         raise
     except Exception as err:  # the datasets library raises many types; the user needs the message
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HftlError(
-            f"Could not load dataset `{args[0]}`: {first}. Check the name (and `dataset_config`), the files, "
+            f"Could not load dataset `{args[0]}`: {first_line(err)}. Check the name (and `dataset_config`), the files, "
             "or your network; offline, use local files or a builtin: dataset."
         ) from None
     if not isinstance(loaded, DatasetDict):

@@ -7,3 +7,9 @@ exits with code 2, without a traceback. Anything else is a bug and keeps its tra
 
 class HftlError(Exception):
     """Bad input: the message names the problem and the fix."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when the message is empty), for one-paragraph errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

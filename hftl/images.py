@@ -26,7 +26,7 @@ from datasets import Image as ImageFeature
 from PIL import Image, ImageFile
 
 from hftl.config import DataArgs
-from hftl.errors import HftlError
+from hftl.errors import HftlError, first_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "test": "test"}
@@ -92,6 +92,12 @@ def _relabel(ds: Dataset, names: list[str]) -> Dataset:
     ids = [names.index(old[i]) for i in ds["label"]]
     features = Features({"image": Value("string"), "label": ClassLabel(names=names)})
     return Dataset.from_dict({"image": ds["image"], "label": ids}, features=features)
+
+
+def base_dir(data: DataArgs) -> str | None:
+    """Relative image paths in a csv/json start from the train file's folder (unless `image_root` says otherwise)."""
+    first = data.train_file or (data.dataset if data.dataset and Path(data.dataset).is_file() else None)
+    return str(Path(first).resolve().parent) if first else None
 
 
 def prepare_column(raw: DatasetDict, data: DataArgs, base_dir: str | None) -> DatasetDict:
@@ -185,8 +191,7 @@ def check_images(raw: DatasetDict, column: str, mode: str) -> DatasetDict:
                     try:
                         decode(value)
                     except Exception as err:  # PIL raises many types for unreadable data
-                        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                        bad.append((start + offset, describe(value), reason))
+                        bad.append((start + offset, describe(value), first_line(err)))
                 progress.update(min(chunk, len(ds) - start))
         if bad and mode == "error":
             first = bad[0]

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hftl.config import RunConfig
 from hftl.errors import HftlError
 from hftl.regularize import mean_pooled
+from hftl.tasks.checkpoints import model_source
 
 ATTRIBUTE = "hftl_replay_head"
 
@@ -72,7 +73,7 @@ class Replay:
         from hftl.data import load_splits
 
         name = config.transfer.replay_data
-        path = task_source(config)
+        path = model_source(config)
         try:
             mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, revision=config.model.revision)
         except (OSError, ValueError, KeyError):
@@ -130,13 +131,6 @@ class Replay:
             return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1), ignore_index=-100)
         pooled = mean_pooled(model.base_model, inputs)
         return nn.functional.cross_entropy(head(pooled.to(weight.dtype)), labels)
-
-
-def task_source(config: RunConfig) -> str:
-    from hftl import builtin
-
-    name = config.model.model_name_or_path
-    return builtin.model_path(name) if builtin.is_builtin(name) else name
 
 
 def _has_column(source: RunConfig, column: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from hftl.config import RunConfig
-from hftl.errors import HftlError
+from hftl.errors import HftlError, first_line
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -79,8 +79,7 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
     try:
         tuned = AutoModel.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {first}.") from None
+        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {first_line(err)}.") from None
     if type(tuned) is not type(model):
         raise HftlError(
             f"WiSE-FT needs two checkpoints of one architecture: the zero-shot model is {type(model).__name__}, "

@@ -24,6 +24,23 @@ def _rel(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
+def _check_plan(table: str, values: dict) -> None:
+    """The printed plan trains what the recipe's strategy says, for a 12-block model."""
+    states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    if values["strategy"] == "lora":  # adapters in every block, the head's trained copy: all partly trainable
+        assert states["embeddings"] == "frozen"
+        assert all(s == "partly" for g, s in states.items() if g != "embeddings")
+        return
+    expected_trainable = {
+        "feature_extraction": {"head"},
+        "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
+        "full": set(states),
+    }[values["strategy"]]
+    assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
+    if values.get("unfreeze_every"):
+        assert "phase 13 from epoch 7: +embeddings" in table
+
+
 @pytest.fixture(scope="module")
 def tiny12(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny12")
@@ -57,20 +74,7 @@ def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
         "--output_dir", str(tmp_path / "plan"),
     ]
     assert main(["plan", str(recipe), *overrides]) == 0
-    table = capsys.readouterr().out
-    states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
-    if values["strategy"] == "lora":  # adapters in every block, the head's trained copy: all partly trainable
-        assert states["embeddings"] == "frozen"
-        assert all(s == "partly" for g, s in states.items() if g != "embeddings")
-        return
-    expected_trainable = {
-        "feature_extraction": {"head"},
-        "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
-        "full": set(states),
-    }[values["strategy"]]
-    assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
-    if values.get("unfreeze_every"):
-        assert "phase 13 from epoch 7: +embeddings" in table
+    _check_plan(capsys.readouterr().out, values)
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=_rel)
@@ -144,19 +148,7 @@ def test_image_recipe_plans(recipe, tiny_vit12, tmp_path, capsys):
     model, images = tiny_vit12
     overrides = ["--model_name_or_path", str(model), "--dataset", str(images), "--bf16", "false", "--output_dir", str(tmp_path / "plan")]
     assert main(["plan", str(recipe), *overrides]) == 0
-    table = capsys.readouterr().out
-    states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
-    if values["strategy"] == "lora":  # adapters in every block; the head's trained copy
-        assert states["embeddings"] == "frozen" and all(s == "partly" for g, s in states.items() if g != "embeddings")
-        return
-    expected_trainable = {
-        "feature_extraction": {"head"},
-        "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
-        "full": set(states),
-    }[values["strategy"]]
-    assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
-    if values.get("unfreeze_every"):
-        assert "phase 13 from epoch 7: +embeddings" in table
+    _check_plan(capsys.readouterr().out, values)
     if values["strategy"] == "feature_extraction":
         assert values["augment"] is False  # else the features could not be cached
 

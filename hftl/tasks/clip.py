@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import weakref
 import zlib
-from pathlib import Path
 
 import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl import builtin, images
+from hftl import images
 from hftl.config import DEFAULT_PROMPT, RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError
 from hftl.layers import is_dual_encoder
+from hftl.tasks import checkpoints
+from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
 from hftl.tasks.classification import Labels, labelled
 from hftl.zero_shot import zero_shot_accuracy
 
@@ -48,12 +49,6 @@ def templates(config: RunConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------- data
-
-
-def _base_dir(config: RunConfig) -> str | None:
-    data = config.data
-    first = data.train_file or (data.dataset if data.dataset and Path(data.dataset).is_file() else None)
-    return str(Path(first).resolve().parent) if first else None
 
 
 def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
@@ -76,7 +71,7 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
         )
     if has_captions:
         _check_captions(raw, data.caption_column, data.image_column)
-    raw = images.prepare_column(raw, data, _base_dir(config))
+    raw = images.prepare_column(raw, data, images.base_dir(config.data))
     if has_labels:
         raw, labels = labelled(raw, config)
     else:
@@ -108,29 +103,13 @@ def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
 # ---------------------------------------------------------------- model
 
 
-def model_source(config: RunConfig) -> str:
-    name = config.model.model_name_or_path
-    return builtin.model_path(name) if builtin.is_builtin(name) else name
-
-
 def build_model(config: RunConfig, labels: Labels):
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    from transformers import AutoModel, AutoProcessor
 
-    source = model_source(config)
-    common = {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code}
-    try:
-        model_config = AutoConfig.from_pretrained(source, **common)
-        processor = AutoProcessor.from_pretrained(source, **common)
-        if config.model.from_scratch:
-            model = AutoModel.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
-        else:
-            model = AutoModel.from_pretrained(source, **common)
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HftlError(
-            f"Could not load dual encoder `{config.model.model_name_or_path}`: {first}. Check `model_name_or_path` (a "
-            "CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small)."
-        ) from None
+    model, processor = checkpoints.load(
+        config, AutoModel, AutoProcessor, what="dual encoder",
+        expected="a CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small",
+    )
     if not is_dual_encoder(model):
         raise HftlError(
             f"task clip needs a dual encoder (CLIPModel or VisionTextDualEncoderModel); `{config.model.model_name_or_path}` "

@@ -11,16 +11,17 @@ classifier as the head.
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 
 import torch
 from datasets import DatasetDict
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, default_data_collator
+from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
-from hftl import builtin, images
+from hftl import images
 from hftl.config import RunConfig
 from hftl.data import load_splits
-from hftl.errors import HftlError
+from hftl.errors import HftlError, first_line
+from hftl.tasks import checkpoints
+from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
 from hftl.tasks.classification import Labels, best_metric, compute_metrics_fn, labelled, metric_names  # noqa: F401
 
 PIPELINE_TASK = "image-classification"
@@ -39,13 +40,6 @@ def cache_tokens(model) -> str:
     return "first" if model.config.model_type in FIRST_TOKEN_HEADS else "all"
 
 
-def _base_dir(config: RunConfig) -> str | None:
-    """Relative image paths in a csv/json start from that file's folder."""
-    data = config.data
-    first = data.train_file or (data.dataset if data.dataset and Path(data.dataset).is_file() else None)
-    return str(Path(first).resolve().parent) if first else None
-
-
 def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
     stratify = None if config.data.label_separator else config.data.label_column
     raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify, read_folder=images.read_folder)
@@ -55,45 +49,17 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
                 f"Column `{config.data.label_column}` (from `label_column`) is not in the {split} split. Its columns "
                 f"are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
             )
-    raw = images.prepare_column(raw, config.data, _base_dir(config))
+    raw = images.prepare_column(raw, config.data, images.base_dir(config.data))
     raw, labels = labelled(raw, config)
     raw = images.check_images(raw, config.data.image_column, config.data.bad_images)
     return raw, labels
 
 
-def model_source(config: RunConfig) -> str:
-    name = config.model.model_name_or_path
-    return builtin.model_path(name) if builtin.is_builtin(name) else name
-
-
 def build_model(config: RunConfig, labels: Labels):
-    source = model_source(config)
-    common = {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code}
-    try:
-        model_config = AutoConfig.from_pretrained(
-            source,
-            num_labels=len(labels.names),
-            id2label=dict(enumerate(labels.names)),
-            label2id={n: i for i, n in enumerate(labels.names)},
-            problem_type=labels.problem_type,
-            **common,
-        )
-        processor = AutoImageProcessor.from_pretrained(source, **common)
-        kwargs = {"attn_implementation": config.model.attn_implementation} if config.model.attn_implementation else {}
-        if config.model.from_scratch:
-            model = AutoModelForImageClassification.from_config(
-                model_config, trust_remote_code=config.model.trust_remote_code, **kwargs
-            )
-        else:
-            model = AutoModelForImageClassification.from_pretrained(
-                source, config=model_config, ignore_mismatched_sizes=True, **common, **kwargs
-            )
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HftlError(
-            f"Could not load image model `{config.model.model_name_or_path}`: {first}. Check `model_name_or_path` "
-            "(a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small)."
-        ) from None
+    model, processor = checkpoints.load(
+        config, AutoModelForImageClassification, AutoImageProcessor, labels, what="image model",
+        expected="a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small",
+    )
     preprocess = images.Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
     if config.data.image_size:
         images.set_image_size(model, config.data.image_size)
@@ -112,9 +78,8 @@ def _check_input_size(model, preprocess: images.Preprocess) -> None:
         with torch.no_grad():
             model(pixel_values=torch.zeros(1, channels, height, width))
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HftlError(
-            f"`{type(model).__name__}` does not take {height}x{width} images ({first}). Set `image_size` to the "
+            f"`{type(model).__name__}` does not take {height}x{width} images ({first_line(err)}). Set `image_size` to the "
             f"model's size ({getattr(model.config, 'image_size', '?')}) or drop it."
         ) from None
     finally:

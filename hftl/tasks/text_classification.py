@@ -8,12 +8,13 @@ on short texts.
 from __future__ import annotations
 
 from datasets import DatasetDict
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftl import builtin
 from hftl.config import RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError
+from hftl.tasks import checkpoints
+from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
 from hftl.tasks.classification import Labels, best_metric, compute_metrics_fn, labelled, metric_names  # noqa: F401
 
 PIPELINE_TASK = "text-classification"
@@ -47,40 +48,9 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
     return labelled(raw, config)
 
 
-def model_source(config: RunConfig) -> str:
-    name = config.model.model_name_or_path
-    return builtin.model_path(name) if builtin.is_builtin(name) else name
-
-
 def build_model(config: RunConfig, labels: Labels):
-    source = model_source(config)
-    common = {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code}
-    try:
-        model_config = AutoConfig.from_pretrained(
-            source,
-            num_labels=len(labels.names),
-            id2label=dict(enumerate(labels.names)),
-            label2id={n: i for i, n in enumerate(labels.names)},
-            problem_type=labels.problem_type,
-            **common,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        kwargs = {"attn_implementation": config.model.attn_implementation} if config.model.attn_implementation else {}
-        if config.model.from_scratch:
-            model = AutoModelForSequenceClassification.from_config(
-                model_config, trust_remote_code=config.model.trust_remote_code, **kwargs
-            )
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, config=model_config, ignore_mismatched_sizes=True, **common, **kwargs
-            )
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HftlError(
-            f"Could not load model `{config.model.model_name_or_path}`: {first}. Check `model_name_or_path` "
-            "(a Hub id, a folder with config.json, or builtin:minilm-l6)."
-        ) from None
-    return model, tokenizer
+    return checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
+                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6")
 
 
 def encode(config: RunConfig, raw: DatasetDict, tokenizer) -> DatasetDict:

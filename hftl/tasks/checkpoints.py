@@ -1,0 +1,45 @@
+"""Loading a task's checkpoint and processor: one path for every task, and one error for every failure.
+
+`model_source` resolves built-in names to their folders. `load` reads the config (with the label
+set for classifiers: a new head of the right size, `ignore_mismatched_sizes` for a checkpoint
+that has its own), the processor, and the weights, or builds the same architecture from its
+config for `from_scratch`. `trust_remote_code` and `revision` come from the recipe.
+"""
+
+from __future__ import annotations
+
+from hftl import builtin
+from hftl.config import RunConfig
+from hftl.errors import HftlError, first_line
+
+
+def model_source(config: RunConfig) -> str:
+    name = config.model.model_name_or_path
+    return builtin.model_path(name) if builtin.is_builtin(name) else name
+
+
+def load(config: RunConfig, model_class, processor_class, labels=None, what: str = "model", expected: str = ""):
+    """(model, processor) from the recipe's checkpoint; `labels` (tasks.classification.Labels) sizes a new head."""
+    from transformers import AutoConfig
+
+    source = model_source(config)
+    common = {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code}
+    head = {}
+    if labels is not None:
+        head = dict(num_labels=len(labels.names), id2label=dict(enumerate(labels.names)),
+                    label2id={n: i for i, n in enumerate(labels.names)}, problem_type=labels.problem_type)
+    attention = {"attn_implementation": config.model.attn_implementation} if config.model.attn_implementation else {}
+    try:
+        model_config = AutoConfig.from_pretrained(source, **head, **common)
+        processor = processor_class.from_pretrained(source, **common)
+        if config.model.from_scratch:
+            model = model_class.from_config(model_config, trust_remote_code=config.model.trust_remote_code, **attention)
+        else:
+            model = model_class.from_pretrained(source, config=model_config, ignore_mismatched_sizes=bool(head), **common,
+                                                **attention)
+    except (OSError, ValueError, KeyError) as err:
+        raise HftlError(
+            f"Could not load {what} `{config.model.model_name_or_path}`: {first_line(err)}. Check `model_name_or_path` "
+            f"({expected})."
+        ) from None
+    return model, processor

@@ -110,7 +110,7 @@ def write_probe(folder: str, probe: nn.Linear, names: list[str]) -> None:
 def features_dataset(model, encoded_split, device, batch_size: int):
     from datasets import Dataset
 
-    feats, labels = image_embeddings(model, encoded_split, None, device, batch_size)
+    feats, labels = image_embeddings(model, encoded_split, device, batch_size)
     return Dataset.from_dict({"features": feats.cpu().numpy(), "labels": labels.numpy()}).with_format("torch")
 
 

@@ -350,6 +350,14 @@ def validate(config: RunConfig) -> None:
         raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
     if config.transfer.task == "clip":
         _validate_clip(config)
+    else:
+        defaults = TransferArgs()
+        tower_keys = {k for k in config.user_keys & CLIP_ONLY_KEYS if getattr(config.transfer, k) != getattr(defaults, k)}
+        if tower_keys:  # a resolved config lists them at their defaults: only set values count
+            raise HftlError(
+                f"{', '.join(sorted(tower_keys))} apply to dual encoders (task clip) only; task `{config.transfer.task}` "
+                "has one tower. Drop them, or use strategy, unfrozen_groups, learning_rate and layer_decay."
+            )
     if config.transfer.source_eval and config.transfer.task != "text-classification":
         raise HftlError(
             f"source_eval (the forgetting report) measures text embeddings; task `{config.transfer.task}` has none yet. "
@@ -366,6 +374,10 @@ def validate(config: RunConfig) -> None:
 
 
 CLIP_MODES = ("contrastive", "zero_shot", "linear_probe")
+CLIP_ONLY_KEYS = frozenset(
+    {"clip_mode", "gather_features"}
+    | {f"{tower}_{key}" for tower in ("text", "vision") for key in ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")}
+)
 DEFAULT_PROMPT = "a photo of a {label}."
 
 

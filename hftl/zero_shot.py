@@ -22,7 +22,7 @@ def text_embeddings(model, tokenizer, texts: list[str], device, batch_size: int 
 
 
 @torch.inference_mode()
-def image_embeddings(model, dataset, collate, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def image_embeddings(model, dataset, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -45,7 +45,7 @@ def zero_shot_accuracy(model, processor, dataset, names: list[str], prompts: lis
     model.eval()
     try:
         classes = class_embeddings(model, processor.tokenizer, names, prompts, device)
-        feats, labels = image_embeddings(model, dataset, None, device, batch_size)
+        feats, labels = image_embeddings(model, dataset, device, batch_size)
         predicted = (feats @ classes.T).argmax(-1).cpu()
         return float((predicted == labels).float().mean())
     finally:

@@ -324,3 +324,9 @@ def test_token_given_as_key_equals_value_is_redacted_in_card(recipe, tmp_path, c
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p.name
     assert "--hub_token=<redacted>" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("flag, value", [("--vision_strategy", "partial"), ("--text_learning_rate", "1e-4"), ("--clip_mode", "zero_shot")])
+def test_dual_encoder_keys_are_refused_for_single_tower_tasks(flag, value, recipe, capsys):
+    message = _error(capsys, ["train", recipe(), flag, value])
+    assert flag[2:] in message and "task clip" in message

@@ -310,7 +310,7 @@ INPUT_SIZES = [(50, 40), (20, 30), (32, 32), (100, 17), (9, 9), (64, 48)]
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_train_transform_gives_the_model_input_size(which, tiny_vit, tiny_dinov2):
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs())
@@ -325,7 +325,7 @@ def test_train_transform_gives_the_model_input_size(which, tiny_vit, tiny_dinov2
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_eval_transform_equals_the_checkpoint_processor(which, tiny_vit, tiny_dinov2):
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs())
@@ -340,7 +340,7 @@ def test_eval_transform_equals_the_checkpoint_processor(which, tiny_vit, tiny_di
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_image_size_override_is_written_back_into_the_processor(which, tiny_vit, tiny_dinov2, tmp_path):
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs(image_size=48))
@@ -362,7 +362,7 @@ def test_image_size_override_is_written_back_into_the_processor(which, tiny_vit,
 
 
 def test_hflip_off_never_flips(tiny_vit):
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     processor = _processor(tiny_vit)
     image = _random_image(40, 40, seed=3)  # square: see test_crop_min_scale_one_keeps_non_square_images_whole
@@ -389,7 +389,7 @@ def test_hflip_off_never_flips(tiny_vit):
 
 
 def test_crop_min_scale_one_keeps_non_square_images_whole(tiny_vit):
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     preprocess = Preprocess(_processor(tiny_vit), DataArgs(hflip=False, crop_min_scale=1.0))
     image = _random_image(40, 30, seed=4)
@@ -410,7 +410,7 @@ def _tiny_vit_classifier(tiny_vit):
 
 
 def test_set_image_size_in_memory_forward(tiny_vit):
-    from hftl.images import set_image_size
+    from hftl.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     set_image_size(model, 48)
@@ -421,7 +421,7 @@ def test_set_image_size_in_memory_forward(tiny_vit):
 def test_set_image_size_table_config_and_saved_model(tiny_vit, tmp_path):
     from transformers import AutoModelForImageClassification
 
-    from hftl.images import set_image_size
+    from hftl.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     old = model.vit.embeddings.position_embeddings.detach().clone()
@@ -447,7 +447,7 @@ def test_set_image_size_table_config_and_saved_model(tiny_vit, tmp_path):
 
 
 def test_set_image_size_needs_a_patch_multiple(tiny_vit):
-    from hftl.images import set_image_size
+    from hftl.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     with pytest.raises(HftlError, match="not a multiple of the patch size 8"):
@@ -711,7 +711,7 @@ def _single_process_eval(out: Path, folder: Path) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the saved model and processor over an image folder, in this process."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from hftl.images import Preprocess
+    from hftl.preprocess import Preprocess
 
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     apply = Preprocess(AutoImageProcessor.from_pretrained(out), DataArgs()).transform("image", train=False)

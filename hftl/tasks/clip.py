@@ -29,6 +29,7 @@ from datasets import DatasetDict
 from torch import nn
 
 from hftl import images
+from hftl.preprocess import Preprocess
 from hftl.config import DEFAULT_PROMPT, RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError
@@ -40,7 +41,7 @@ from hftl.zero_shot import zero_shot_accuracy
 
 PIPELINE_TASK = "zero-shot-image-classification"
 CACHEABLE = False
-_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> (images.Preprocess, class names)
+_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> (Preprocess, class names)
 MAX_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
 
 
@@ -124,7 +125,7 @@ def build_model(config: RunConfig, labels: Labels):
         raise HftlError(
             f"image_size is available for DINOv2 vision towers, not `{vision_type}`: drop it to use the checkpoint's size."
         )
-    _PREPROCESS[processor] = (images.Preprocess(image_processor, config.data), labels.names)
+    _PREPROCESS[processor] = (Preprocess(image_processor, config.data), labels.names)
     return model, processor
 
 

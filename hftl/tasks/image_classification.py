@@ -17,6 +17,7 @@ from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
 from hftl import images
+from hftl.preprocess import Preprocess, set_image_size
 from hftl.config import RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError, first_line
@@ -28,7 +29,7 @@ PIPELINE_TASK = "image-classification"
 CACHEABLE = True
 CACHE_INPUT = "pixel_values"  # cached features go where the images went; the swapped-in embeddings pass them on
 FIRST_TOKEN_HEADS = frozenset({"vit", "deit"})  # heads that read only the cls token; others (DINOv2) pool all tokens
-_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> its images.Preprocess
+_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> its Preprocess
 
 
 def cache_blockers(config: RunConfig) -> list[str]:
@@ -60,15 +61,15 @@ def build_model(config: RunConfig, labels: Labels):
         config, AutoModelForImageClassification, AutoImageProcessor, labels, what="image model",
         expected="a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small",
     )
-    preprocess = images.Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
+    preprocess = Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
     if config.data.image_size:
-        images.set_image_size(model, config.data.image_size)
+        set_image_size(model, config.data.image_size)
     _check_input_size(model, preprocess)
     _PREPROCESS[processor] = preprocess  # not an attribute: save_pretrained would write every attribute
     return model, processor
 
 
-def _check_input_size(model, preprocess: images.Preprocess) -> None:
+def _check_input_size(model, preprocess: Preprocess) -> None:
     """One forward on a blank image of the input size: a size the model cannot take fails here, not mid-run."""
     height, width = preprocess.side
     channels = getattr(model.config, "num_channels", 3)

@@ -18,6 +18,15 @@ from hftl.errors import HftlError
 from hftl.layers import LayerGroup, backbone_size
 
 
+# Parameters only pre-training uses (DINOv2/ViT-MAE's mask token): never trained, whatever the plan, so
+# no gradient is ever expected for them (DDP without find_unused_parameters would wait for one).
+PRETRAINING_ONLY = ("mask_token",)
+
+
+def pretraining_only(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in PRETRAINING_ONLY
+
+
 @dataclass(frozen=True)
 class FreezePlan:
     strategy: str  # feature_extraction | partial | full | lora (backbone frozen here; adapters added later)
@@ -66,7 +75,7 @@ class FreezePlan:
         state = {}
         for group in groups:
             for name, param in group.params:
-                state[name] = trains[group.name] and name not in frozen
+                state[name] = trains[group.name] and name not in frozen and not pretraining_only(name)
                 param.requires_grad_(state[name])
         return state
 

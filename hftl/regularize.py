@@ -56,8 +56,9 @@ class EWC:
         if self.anchors[0].device != self.params[0].device:
             self.anchors = [a.to(p.device) for a, p in zip(self.anchors, self.params)]
             self.fisher = [f.to(p.device) for f, p in zip(self.fisher, self.params)]
-        total = sum((f * (p - a).float() ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchors))
-        return 0.5 * self.lam * total
+        diffs = torch._foreach_sub(self.params, self.anchors)  # one fused pass per step, as in L2SP
+        weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), self.fisher)
+        return 0.5 * self.lam * torch.stack([w.float().sum() for w in weighted]).sum()
 
 
 def trainable_backbone(groups: list[LayerGroup]) -> list[torch.nn.Parameter]:

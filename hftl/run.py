@@ -71,10 +71,6 @@ def build(config: RunConfig) -> Built:
         model = lora.wrap(model, config, groups)
         groups = layer_groups(model.get_base_model())  # adapters land in their block's group
         state = {n: p.requires_grad for g in groups for n, p in g.params}
-    for name, param in model.named_parameters():
-        if name.endswith(".mask_token"):  # masked-image pre-training only: no gradient ever, so DDP must not wait for one
-            param.requires_grad_(False)
-            state[name] = False
     trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
     phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
     if not any(state.values()):

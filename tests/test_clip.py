@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import write_recipe
+from conftest import write_csv, write_recipe
 from test_config_cli import _error, _snapshot, previous_run  # noqa: F401  (fixture)
 from test_images import COLOURS, colour_image, write_folder
 
@@ -149,14 +149,6 @@ def _load(folder: Path):
     from transformers import AutoModel, AutoProcessor
 
     return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
-
-
-def _csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 # ---------------------------------------------------------------- 0. the tiny checkpoints
@@ -727,7 +719,7 @@ def _caption_rows(folder: Path, n: int) -> list[dict]:
 
 def test_data_without_captions_or_labels(tiny_clip, tmp_path, previous_run, capsys):
     rows = [{"image": r["image"], "notes": "seen on a tuesday"} for r in _caption_rows(tmp_path, 9)]
-    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(_csv(tmp_path / "t.csv", rows)),
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(write_csv(tmp_path / "t.csv", rows)),
                      output_dir=str(previous_run))
     message = _refused(capsys, previous_run, recipe)
     assert "`caption`" in message and "caption_column" in message and "label_column" in message
@@ -739,8 +731,8 @@ def test_data_without_captions_or_labels(tiny_clip, tmp_path, previous_run, caps
 def test_empty_caption_is_named_by_its_row(tiny_clip, tmp_path, previous_run, capsys):
     rows = _caption_rows(tmp_path, 18)
     rows[7]["caption"] = "   "
-    train = _csv(tmp_path / "train.csv", rows[:12])
-    validation = _csv(tmp_path / "validation.csv", rows[12:])
+    train = write_csv(tmp_path / "train.csv", rows[:12])
+    validation = write_csv(tmp_path / "validation.csv", rows[12:])
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(train),
                      validation_file=str(validation), output_dir=str(previous_run))
     message = _refused(capsys, previous_run, recipe)
@@ -751,7 +743,7 @@ def test_empty_caption_is_named_by_its_row(tiny_clip, tmp_path, previous_run, ca
 def test_empty_caption_row_names_the_file_row_when_validation_is_carved(tiny_clip, tmp_path, previous_run, capsys):
     rows = _caption_rows(tmp_path, 20)
     rows[7]["caption"] = ""
-    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(_csv(tmp_path / "t.csv", rows)),
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(write_csv(tmp_path / "t.csv", rows)),
                      output_dir=str(previous_run))
     message = _refused(capsys, previous_run, recipe)
     assert "empty caption" in message
@@ -894,8 +886,8 @@ def test_captions_csv_trains_contrastively(tiny_clip, tmp_path):
 
     data = tmp_path / "data"
     rows = _caption_rows(data, 48)
-    train = _csv(data / "train.csv", rows[:36])
-    validation = _csv(data / "validation.csv", rows[36:])  # 12 = 2 full eval batches of 6
+    train = write_csv(data / "train.csv", rows[:36])
+    validation = write_csv(data / "validation.csv", rows[36:])  # 12 = 2 full eval batches of 6
     out = tmp_path / "run"
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), train_file=str(train),
                      validation_file=str(validation), per_device_eval_batch_size=6, output_dir=str(out), **CONTRASTIVE)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_recipe
+from conftest import write_csv, write_recipe
 from test_config_cli import _error, _snapshot, previous_run  # noqa: F401  (fixture)
 
 from hftl.cli import main
@@ -486,19 +486,11 @@ def _refused(capsys, previous_run, recipe: Path, *extra: str) -> str:
     return message
 
 
-def _csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def test_csv_naming_a_missing_image(tiny_vit, tmp_path, previous_run, capsys):
     pictures = write_folder(tmp_path / "pictures", per_class=6)
     rows = [{"image": str(p.relative_to(tmp_path)), "label": p.parent.name} for p in sorted(pictures.rglob("*.png"))]
     rows.insert(3, {"image": "pictures/red/ghost_7.png", "label": "red"})
-    data = _csv(tmp_path / "train.csv", rows)
+    data = write_csv(tmp_path / "train.csv", rows)
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_vit), train_file=str(data),
                      output_dir=str(previous_run))
     message = _refused(capsys, previous_run, recipe)
@@ -567,7 +559,7 @@ def test_csv_label_outside_class_names(tiny_vit, tmp_path, previous_run, capsys)
         colour_image(("blue", "red")[i % 2], seed=i).save(folder / name)
         rows.append({"image": f"pets/{name}", "label": ("cat", "dog")[i % 2]})
     rows[4]["label"] = "bird"
-    data = _csv(tmp_path / "train.csv", rows)
+    data = write_csv(tmp_path / "train.csv", rows)
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_vit), train_file=str(data),
                      class_names=["cat", "dog"], output_dir=str(previous_run))
     message = _refused(capsys, previous_run, recipe)
@@ -782,3 +774,31 @@ def test_ddp_eval_loss_with_a_padded_last_batch(ddp_setup):
     loss, accuracy = _single_process_eval(out, ddp_setup["data"] / "validation")
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)
     assert math.isclose(metrics["eval_loss"], loss, rel_tol=1e-4)
+
+
+def test_sixteen_bit_images_share_one_scale():
+    """16-bit images map 0..65535 onto 0..255 the same way for every image, so relative brightness survives."""
+    import numpy as np
+    from PIL import Image
+
+    from hftl.images import convert
+
+    dim = Image.fromarray(np.full((4, 4), 16384, dtype=np.uint16))
+    bright = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert dim.mode.startswith("I;16") or dim.mode == "I"
+    assert np.asarray(convert(dim))[0, 0].tolist() == [64, 64, 64]
+    assert np.asarray(convert(bright))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_dinov2_mask_token_never_trains(tiny_dinov2):
+    """Pre-training-only parameters stay frozen under every plan, so DDP never waits for their gradient."""
+    from transformers import AutoModelForImageClassification
+
+    from hftl.freeze import FreezePlan
+    from hftl.layers import layer_groups
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=2)
+    state = FreezePlan("full").apply(layer_groups(model))
+    assert state["dinov2.embeddings.mask_token"] is False
+    assert not model.dinov2.embeddings.mask_token.requires_grad
+    assert all(v for k, v in state.items() if not k.endswith("mask_token"))

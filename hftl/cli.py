@@ -1,4 +1,4 @@
-"""Command line: `hftl train RECIPE.yaml [--key value ...]` and `hftl plan RECIPE.yaml [...]`.
+"""Command line: `hftl train|plan|advise|sweep|wise-ft RECIPE.yaml [--key value ...]`.
 
 Bad input (HftlError) prints one paragraph and exits with code 2, without a traceback; the same
 under `accelerate launch -m hftl`, where each rank would otherwise print a stack.
@@ -17,15 +17,23 @@ USAGE = """hftl train RECIPE.yaml [--key value ...]   fine-tune (writes plan, mo
        hftl plan  RECIPE.yaml [--key value ...]   build the model and print its layer-group plan
        hftl wise-ft RECIPE.yaml [--alphas 0,0.25,0.5,0.75,1] [--fine_tuned PATH] [--key value ...]
                                                   CLIP: interpolate zero-shot and fine-tuned weights, table + plot
+       hftl advise [RECIPE.yaml] [--out DIR] [--probe_samples 1000] [--force] [--key value ...]
+                                                  measure data, domain and task; recommend a strategy; write its recipe
+       hftl sweep RECIPE.yaml [--strategies feature_extraction,partial,full,lora,scratch] [--sweep_dir DIR]
+                  [--resume] [--launcher "accelerate launch ..."] [--key value ...]
+                                                  train each strategy on the same data and budget; table + CSV + chart
 
 Any recipe key (hftl's or transformers.TrainingArguments') can be overridden as --key value.
 Run `hftl train --help` for the full list of keys."""
 
 
+COMMANDS = ("train", "plan", "wise-ft", "advise", "sweep")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", usage=USAGE, add_help=True)
     parser.add_argument("--version", action="version", version=f"hftl {__version__}")
-    parser.add_argument("command", choices=["train", "plan", "wise-ft"])
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("recipe", nargs="?")
     return parser
 
@@ -33,14 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks badly under DataLoader workers
-    if len(argv) >= 1 and argv[0] in ("train", "plan", "wise-ft") and any(a in ("-h", "--help") for a in argv[1:]):
+    if len(argv) >= 1 and argv[0] in COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
         from hftl.config import cli_help
 
         print(USAGE + "\n" + cli_help())
         return 0
+    if len(argv) >= 2 and argv[0] == "advise" and argv[1].startswith("--"):
+        argv.insert(1, "")  # advise takes its keys from the command line alone; `--key value` is no recipe
     args, overrides = _parser().parse_known_args(argv)
     try:
-        if not args.recipe:
+        if not args.recipe and args.command != "advise":
             raise HftlError(f"`hftl {args.command}` needs a recipe file: hftl {args.command} RECIPE.yaml [--key value ...]")
         return _dispatch(args.command, args.recipe, overrides)
     except HftlError as err:
@@ -60,6 +70,23 @@ def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
         fine_tuned = _take(overrides, "--fine_tuned")
         config = load_config(recipe, overrides)
         wise_ft.run(config, wise_ft.parse_alphas(alphas) if alphas else list(wise_ft.DEFAULT_ALPHAS), fine_tuned)
+        return 0
+    if command == "advise":
+        from hftl import advise
+
+        out, samples, force = _take(overrides, "--out"), _take(overrides, "--probe_samples"), _flag(overrides, "--force")
+        config = load_config(recipe or None, overrides)
+        advise.run(config, recipe or None, overrides, out, _int("--probe_samples", samples, 1000), force)
+        return 0
+    if command == "sweep":
+        from hftl import sweep
+
+        options = sweep.Options(
+            strategies=sweep.parse_strategies(_take(overrides, "--strategies")),
+            folder=_take(overrides, "--sweep_dir"), resume=_flag(overrides, "--resume"),
+            launcher=_take(overrides, "--launcher"),
+        )
+        sweep.run(recipe, overrides, options)
         return 0
     config = load_config(recipe, overrides)
     if command == "plan":
@@ -82,6 +109,27 @@ def _take(overrides: list[str], flag: str) -> str | None:
             del overrides[i : i + 2]
             return value
     return None
+
+
+def _flag(overrides: list[str], flag: str) -> bool:
+    """Remove a switch (`--force`, `--force true`); return whether it was on."""
+    for i, word in enumerate(overrides):
+        if word == flag or word.startswith(flag + "="):
+            value = word.split("=", 1)[1] if "=" in word else "true"
+            if "=" not in word and i + 1 < len(overrides) and overrides[i + 1].lower() in ("true", "false"):
+                value = overrides.pop(i + 1)
+            del overrides[i]
+            return value.lower() == "true"
+    return False
+
+
+def _int(flag: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise HftlError(f"{flag} takes a whole number (got `{value}`).") from None
 
 
 def entry() -> None:

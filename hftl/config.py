@@ -178,9 +178,12 @@ def read_recipe(path: str) -> dict[str, Any]:
     return values
 
 
-def load_config(recipe_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """Read a recipe, apply `--key value` overrides, and return the four typed argument objects."""
-    values = read_recipe(recipe_path)
+def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe, apply `--key value` overrides, and return the four typed argument objects.
+
+    Without a recipe (`hftl advise --model_name_or_path ... --dataset ...`) every key comes from the overrides."""
+    values = read_recipe(recipe_path) if recipe_path else {}
+    recipe_path = recipe_path or "the command line"
     known = set(all_keys())
     for key in values:
         if key not in known:

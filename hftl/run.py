@@ -41,6 +41,7 @@ class Built:
     rows: list[PlanRow]
     phases: list[Phase]
     replay: object = None  # replay.Replay when replay_data is set
+    trainable_params: int = 0  # weights the plan trains at some point (adapters and heads included)
 
 
 def build(config: RunConfig) -> Built:
@@ -77,7 +78,9 @@ def build(config: RunConfig) -> Built:
         raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
     assignment = assign(groups, lrs, config.training.weight_decay)
-    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay)
+    trainable = sum(p.numel() for g in groups for n, p in g.params if state.get(n))
+    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay,
+                 trainable)
 
 
 def _title(config: RunConfig) -> str:
@@ -248,8 +251,20 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         after = knn_accuracy(built.model, built.processor, config)
         metrics.update(source_knn_accuracy_before=source_before, source_knn_accuracy_after=after,
                        source_forgetting=source_before - after)
+    metrics.update(trainable_params=built.trainable_params, **_peak_memory(args.device))
     _save(config, built, trainer, metrics, write_card)
     return metrics
+
+
+def _peak_memory(device) -> dict:
+    """Peak memory of this process: what torch allocated on the GPU, or the resident set size on CPU."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KiB
 
 
 def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -> None:

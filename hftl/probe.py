@@ -1,0 +1,218 @@
+"""What `hftl advise` measures about a model and a dataset, before any training.
+
+- A linear probe: a logistic-regression head on the frozen backbone's mean-pooled features of a
+  stratified sample, scored by cross-validation. It is feature extraction in miniature, so its
+  score says how much of the task the pre-trained features already carry; against chance it is
+  the toolkit's measure of domain similarity.
+- For text, how the tokenizer sees the data: sub-words per whitespace word (fragmentation) and
+  the unknown-token rate. A tokenizer that shreds the data's words was trained on other text.
+- When the checkpoint ships a masked-language-model head: its loss and accuracy on masked tokens
+  of the data, the most direct sign of how close the data is to the pre-training corpus.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+from hftl.config import RunConfig
+from hftl.errors import HftlError
+
+MIN_PER_CLASS = 2  # a cross-validated probe fits on one example of a class and scores on another
+FOLDS = 5
+
+
+@dataclass
+class Probe:
+    score: float  # balanced accuracy (mean recall per class; per label for multi-label), cross-validated
+    chance: float  # the same score of a guess: 1 / classes, or 0.5 per label
+    examples: int
+    folds: int
+
+    @property
+    def lift(self) -> float:
+        """0 at chance, 1 when every held-out example is right."""
+        return (self.score - self.chance) / (1 - self.chance)
+
+
+def check_probe_size(counts: dict[str, int], multi_label: bool) -> None:
+    """Every class needs MIN_PER_CLASS examples for the probe's folds; say which ones fall short."""
+    short = {name: n for name, n in counts.items() if n < MIN_PER_CLASS}
+    if short and not multi_label:
+        shown = ", ".join(f"`{k}` ({v})" for k, v in list(short.items())[:10])
+        raise HftlError(
+            f"The training data is too small to split for the similarity probe: it needs at least {MIN_PER_CLASS} "
+            f"labelled examples per class (one to fit, one to score), and these classes have fewer: {shown}. Add "
+            "examples of those classes, or drop them from the data."
+        )
+    if multi_label and max(counts.values(), default=0) < MIN_PER_CLASS:
+        raise HftlError(
+            f"The training data is too small to split for the similarity probe: no label occurs {MIN_PER_CLASS} times. "
+            "Add labelled examples."
+        )
+
+
+def stratified_sample(train: Dataset, n: int, seed: int, multi_label: bool) -> Dataset:
+    """Up to n examples, every class kept in proportion (at least MIN_PER_CLASS each where it has them)."""
+    if len(train) <= n:
+        return train
+    if multi_label:
+        return train.shuffle(seed=seed).select(range(n))
+    labels = np.asarray(train["labels"])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for value in np.unique(labels):
+        where = rng.permutation(np.flatnonzero(labels == value))
+        take = max(MIN_PER_CLASS, int(round(n * len(where) / len(labels))))
+        chosen.extend(where[:take].tolist())
+    return train.select(sorted(chosen))
+
+
+@torch.inference_mode()
+def features(config: RunConfig, task, model, processor, sample: Dataset, batch_size: int = 32) -> np.ndarray:
+    """Mean-pooled last hidden state of the frozen backbone, inputs prepared exactly as the task does for
+    evaluation (no augmentation), padding excluded from the mean."""
+    eval_config = copy.deepcopy(config)
+    eval_config.data.augment = False
+    encoded = task.encode(eval_config, DatasetDict(train=sample), processor)["train"]
+    collate = task.collator(processor)
+    encoder = model.base_model
+    encoder.eval()
+    device = config.training.device
+    encoder.to(device)
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        batch = collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
+        batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label")}
+        hidden = encoder(**batch).last_hidden_state.float()
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = hidden.mean(1)
+        out.append(pooled.cpu().numpy())
+    return np.concatenate(out)
+
+
+def _folds(targets: np.ndarray, multi_label: bool, seed: int) -> list[np.ndarray]:
+    """Fold index per example: stratified (round-robin within each shuffled class) for single-label."""
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    if multi_label:
+        k = min(FOLDS, n)
+        return [fold for fold in np.array_split(rng.permutation(n), k)]
+    smallest = min(np.bincount(targets)[np.unique(targets)])
+    k = int(min(FOLDS, smallest))
+    fold_of = np.empty(n, dtype=int)
+    for value in np.unique(targets):
+        where = rng.permutation(np.flatnonzero(targets == value))
+        fold_of[where] = (np.arange(len(where)) + rng.integers(k)) % k
+    return [np.flatnonzero(fold_of == f) for f in range(k)]
+
+
+def _fit_predict(x_fit, y_fit, x_eval, multi_label: bool, classes: int, l2: float = 1e-2) -> np.ndarray:
+    """Logistic regression, L-BFGS on standardised features; returns predictions for x_eval."""
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
+    xf = torch.tensor((x_fit - mean) / std, dtype=torch.float32)
+    xe = torch.tensor((x_eval - mean) / std, dtype=torch.float32)
+    outputs = y_fit.shape[1] if multi_label else classes
+    generator = torch.Generator().manual_seed(0)
+    weight = (torch.randn(xf.shape[1], outputs, generator=generator) * 0.01).requires_grad_()
+    bias = torch.zeros(outputs, requires_grad=True)
+    target = torch.tensor(y_fit, dtype=torch.float32 if multi_label else torch.long)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+    loss_of = torch.nn.functional.binary_cross_entropy_with_logits if multi_label else torch.nn.functional.cross_entropy
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_of(xf @ weight + bias, target) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    logits = (xe @ weight + bias).detach().numpy()
+    return (logits > 0).astype(int) if multi_label else logits.argmax(1)
+
+
+def balanced_accuracy(pred: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    if multi_label:
+        scores = []
+        for j in range(targets.shape[1]):
+            t, p = targets[:, j].astype(int), pred[:, j]
+            recalls = [np.mean(p[t == v] == v) for v in (0, 1) if np.any(t == v)]
+            scores.append(np.mean(recalls))
+        return float(np.mean(scores))
+    return float(np.mean([np.mean(pred[targets == v] == v) for v in np.unique(targets)]))
+
+
+def linear_probe(x: np.ndarray, targets: np.ndarray, multi_label: bool, classes: int, seed: int = 0) -> Probe:
+    """Cross-validated balanced accuracy of a linear head on frozen features."""
+    folds = _folds(targets, multi_label, seed)
+    pred = np.zeros_like(targets) if multi_label else np.zeros(len(targets), dtype=int)
+    for held in folds:
+        fit = np.setdiff1d(np.arange(len(targets)), held)
+        pred[held] = _fit_predict(x[fit], targets[fit], x[held], multi_label, classes)
+    present = targets.shape[1] if multi_label else len(np.unique(targets))
+    chance = 0.5 if multi_label else 1.0 / present
+    return Probe(balanced_accuracy(pred, targets, multi_label), chance, len(targets), len(folds))
+
+
+def tokenizer_stats(tokenizer, texts: list[str]) -> dict[str, float]:
+    """Sub-word tokens per whitespace word, and the share of tokens that are the unknown token."""
+    from transformers.utils import logging as hf_logging
+
+    words = sum(len(t.split()) for t in texts)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # whole texts are counted: past-max-length warnings do not apply
+    try:
+        ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokens = sum(len(row) for row in ids)
+    unk = tokenizer.unk_token_id
+    unknown = sum(row.count(unk) for row in ids) if unk is not None else 0
+    return {"subwords_per_word": tokens / max(words, 1), "unknown_rate": unknown / max(tokens, 1)}
+
+
+@torch.inference_mode()
+def masked_lm(source: str, revision: str, tokenizer, texts: list[str], max_length: int, device, seed: int = 0):
+    """(loss, accuracy) of the checkpoint's own MLM head on 15% masked tokens; None without such a head."""
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a checkpoint without the head is an expected case, not a warning
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(source, revision=revision, output_loading_info=True)
+    except (OSError, ValueError, KeyError):
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if info["missing_keys"] or tokenizer.mask_token_id is None:
+        return None
+    model.eval().to(device)
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    losses, hits, masked = [], 0, 0
+    for start in range(0, len(encoded), 16):
+        batch = collate([{"input_ids": ids} for ids in encoded[start : start + 16]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        chosen = batch["labels"] != -100
+        if not chosen.any():
+            continue
+        losses.append(float(out.loss) * int(chosen.sum()))
+        hits += int((out.logits.argmax(-1)[chosen] == batch["labels"][chosen]).sum())
+        masked += int(chosen.sum())
+    if not masked:
+        return None
+    return sum(losses) / masked, hits / masked

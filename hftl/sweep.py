@@ -191,6 +191,7 @@ def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
             _write(folder, state, options.strategies, base, in_process=world > 1)
     rows = [state["results"][s] for s in options.strategies]
     if main_process:
+        _write(folder, state, options.strategies, base, in_process=world > 1)  # also when every strategy was kept
         print("\n" + markdown(rows, base, in_process=world > 1))
         print(f"hftl sweep: table, CSV and chart written to {folder}")
     return rows
@@ -236,7 +237,7 @@ def markdown(rows: list[dict], base, in_process: bool = False) -> str:
             continue
         lines.append(
             f"| {r['strategy']} | {_number(r['accuracy'], '.4f')} | {_number(r['f1'], '.4f')} | "
-            f"{_number(r['trainable_params'], ',')} | {r['wall_s']:.0f} | {_number(r['train_s'], '.0f')} | "
+            f"{_number(r['trainable_params'], ',')} | {r['wall_s']:.0f} | {_number(r['train_s'], '.1f')} | "
             f"{_number(r['peak_memory_mb'], ',.0f')} |"
         )
     lines += ["", "Wall time is the whole `hftl train` process (start-up, data, training, evaluation, saving)."]

@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting test test-fast bench env clean
+.PHONY: demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting advise sweep test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ demo-image-scratch: $(STAMP)
 demo-clip: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/clip.yaml --overwrite_output_dir true
 	$(OFFLINE) $(BIN)/hftl wise-ft recipes/demo/clip.yaml
+
+advise: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl advise recipes/demo/text-classification.yaml --force $(EXTRA)
+
+sweep: $(STAMP)
+	$(OFFLINE) $(BIN)/hftl sweep recipes/demo/text-classification.yaml --resume $(EXTRA)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q

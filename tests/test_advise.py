@@ -1,0 +1,262 @@
+"""`hftl advise`: the measurements, the decision guide's thresholds, the written recipe, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
+from hftl import advise, probe
+from hftl.cli import main
+from hftl.config import load_config
+
+
+def _advise(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["advise", *[str(a) for a in args]])
+    return rc, out.getvalue(), err.getvalue()
+
+
+# --- the probe -------------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_separable_features_score_near_one_and_noise_near_chance():
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(3), 40)
+    centres = rng.normal(size=(3, 16)) * 4
+    separable = centres[targets] + rng.normal(size=(120, 16))
+    noise = rng.normal(size=(120, 16))
+    good = probe.linear_probe(separable, targets, False, 3)
+    bad = probe.linear_probe(noise, targets, False, 3)
+    assert good.chance == pytest.approx(1 / 3) and good.folds == 5
+    assert good.lift > 0.9
+    assert abs(bad.lift) < 0.25
+
+
+def test_linear_probe_multi_label_uses_per_label_balanced_accuracy():
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 2, size=(100, 3)).astype(np.float32)
+    x = np.concatenate([targets * 3 + rng.normal(size=(100, 3)) * 0.3, rng.normal(size=(100, 5))], axis=1)
+    fit = probe.linear_probe(x, targets, True, 3)
+    assert fit.chance == 0.5 and fit.score > 0.95
+
+
+def test_probe_too_small_names_the_minimum_and_the_classes():
+    with pytest.raises(Exception) as err:
+        probe.check_probe_size({"a": 5, "b": 1}, multi_label=False)
+    assert "at least 2" in str(err.value) and "`b` (1)" in str(err.value)
+    probe.check_probe_size({"a": 2, "b": 2}, multi_label=False)
+
+
+def test_tokenizer_fragmentation_separates_known_words_from_gibberish(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    words = probe.tokenizer_stats(tokenizer, ["the movie was very good", "it is a sad day"])
+    gibberish = probe.tokenizer_stats(tokenizer, ["qzx vvkj plorp", "zzyzx wq"])
+    assert words == {"subwords_per_word": 1.0, "unknown_rate": 0.0}
+    assert gibberish["unknown_rate"] == 1.0
+
+
+# --- the decision guide ---------------------------------------------------------------------------------------
+
+
+def _measured(examples: int, lift: float = 0.8, classes: int = 2, multi_label: bool = False, groups: int = 7,
+              tokenizer=None, mlm=None) -> advise.Measurements:
+    per_class = {f"c{i}": examples // classes for i in range(classes)}
+    chance = 1 / classes
+    fit = probe.Probe(chance + lift * (1 - chance), chance, min(examples, 1000), 5)
+    return advise.Measurements("m", "d", examples, per_class, 10, 10, multi_label, False, fit, groups, 20_000_000,
+                               tokenizer, mlm)
+
+
+@pytest.fixture(scope="module")
+def base_config(tmp_path_factory):
+    path = write_recipe(tmp_path_factory.mktemp("guide") / "r.yaml", model_name_or_path="x", train_file="t.csv")
+    return load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("examples", "strategy", "groups"),
+    [(50, "feature_extraction", None), (99, "feature_extraction", None), (100, "partial", 1), (500, "partial", 3),
+     (1_530, "partial", 4), (10_000, "partial", 6), (10_001, "full", None), (200_000, "full", None)],
+)
+def test_data_size_follows_the_guide_thresholds(base_config, examples, strategy, groups):
+    advice = advise.decide(_measured(examples), base_config)
+    assert advice.strategy == strategy
+    if groups is not None:
+        assert advice.unfrozen_groups == groups
+    assert advice.domain == "close"
+
+
+def test_a_different_domain_unfreezes_more(base_config):
+    close = advise.decide(_measured(500, lift=0.8), base_config)
+    far = advise.decide(_measured(500, lift=0.1), base_config)
+    moderate = advise.decide(_measured(500, lift=0.4), base_config)
+    assert (close.unfrozen_groups, moderate.unfrozen_groups, far.unfrozen_groups) == (3, 4, 6)
+    assert far.domain == "far" and "unfreeze more" in far.rules[1]
+    # even under 100 examples a far domain leaves the frozen features
+    assert advise.decide(_measured(50, lift=0.1), base_config).strategy == "partial"
+    # the tokenizer or the MLM head alone can make the domain far
+    shredded = _measured(500, tokenizer={"subwords_per_word": 3.1, "unknown_rate": 0.0})
+    assert advise.decide(shredded, base_config).domain == "far"
+    strange = _measured(500, mlm={"loss": 6.0, "accuracy": 0.05})
+    assert advise.decide(strange, base_config).domain == "far"
+
+
+def test_complex_tasks_train_more(base_config):
+    simple = advise.decide(_measured(500, classes=2), base_config)
+    many = advise.decide(_measured(5000, classes=30), base_config)
+    assert advise.decide(_measured(500, multi_label=True), base_config).unfrozen_groups == simple.unfrozen_groups + 1
+    assert many.unfrozen_groups == advise.decide(_measured(5000, classes=2), base_config).unfrozen_groups + 1
+    assert "complex" in many.rules[2]
+
+
+def test_layer_decay_and_head_steps(base_config):
+    assert advise._layer_decay(3) == 0.7 and advise._layer_decay(7) == 0.9 and advise._layer_decay(13) == 0.95
+    few = advise.decide(_measured(50), base_config)  # 50 examples, batch 16: 4 steps an epoch
+    assert few.num_train_epochs == 25 and few.head_lr == 1e-3
+
+
+# --- end to end on tiny checkpoints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "strategy"), [(40, "feature_extraction"), (400, "partial"), (12_000, "full")])
+def test_advise_on_tiny_datasets_of_three_sizes(tmp_path, tiny_bert, rows, strategy):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(rows, seed=3))
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_bert), train_file=str(data),
+                          output_dir=str(tmp_path / "run"), validation_split=0.05)
+    rc, out, err = _advise(recipe, "--probe_samples", 200)
+    assert rc == 0, err[-2000:]
+    folder = tmp_path / "run-advice"
+    record = json.loads((folder / "advice.json").read_text())
+    assert record["advice"]["strategy"] == strategy, out
+    assert record["measurements"]["examples"] == round(rows * 0.95)
+    assert record["advice"]["domain"] != "far"
+    assert f"strategy: **{strategy}**" in out and "## Rules applied" in out
+    written = folder / "recipe.yaml"
+    assert written.read_text().startswith(f"# hftl train {written}")
+    config = load_config(str(written))  # a ready-to-run recipe: every key valid
+    assert config.transfer.strategy == strategy
+    assert config.training.output_dir == str(folder / "model")
+    assert config.model.model_name_or_path == str(tiny_bert)
+
+
+def test_advise_without_a_recipe_and_refusing_to_overwrite(tmp_path, tiny_bert):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(60, seed=4))
+    args = ["--model_name_or_path", tiny_bert, "--train_file", data, "--max_length", 32, "--use_cpu", "true",
+            "--out", tmp_path / "advice", "--probe_samples", 60]
+    rc, _, err = _advise(*args)
+    assert rc == 0, err[-2000:]
+    written = yaml.safe_load((tmp_path / "advice" / "recipe.yaml").read_text())
+    assert written["train_file"] == str(data) and written["max_length"] == 32
+    assert written["strategy"] == "feature_extraction"
+    before = (tmp_path / "advice" / "recipe.yaml").read_bytes()
+    rc, _, err = _advise(*args)
+    assert rc == 2 and "already holds advice" in err and "--force" in err
+    assert (tmp_path / "advice" / "recipe.yaml").read_bytes() == before
+    rc, _, err = _advise(*args, "--force")
+    assert rc == 0, err[-2000:]
+
+
+def test_advise_refuses_data_too_small_for_the_probe(tmp_path, tiny_bert):
+    rows = sentiment_rows(20, seed=5) + [{"text": "good good", "label": "rare"}]
+    data = write_csv(tmp_path / "train.csv", rows)
+    valid = write_csv(tmp_path / "valid.csv", sentiment_rows(6, seed=6))
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(data),
+                          validation_file=str(valid), output_dir=str(tmp_path / "run"))
+    rc, _, err = _advise(recipe)
+    assert rc == 2
+    assert "too small to split for the similarity probe" in err and "at least 2" in err and "`rare` (1)" in err
+    assert not (tmp_path / "run-advice").exists()
+
+
+# --- the similarity signal: data the model was trained on vs random data -------------------------------------------
+
+NOUNS = ["movie", "food", "day"]
+
+
+def _templated(n: int, seed: int) -> list[dict]:
+    """Text with structure a small MLM learns: `the NOUN was very ADJ and it is happy|sad`."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+        feeling = "happy" if positive else "sad"
+        rows.append({"text": f"the {rng.choice(NOUNS)} was very {adjective} and it is {feeling}",
+                     "label": "pos" if positive else "neg"})
+    return rows
+
+
+def _random_rows(n: int, seed: int) -> list[dict]:
+    """The same vocabulary without the structure, labels at random."""
+    rng = random.Random(seed)
+    return [{"text": " ".join(rng.choices(WORDS, k=10)), "label": rng.choice(["pos", "neg"])} for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pretrained_mlm(tmp_path_factory) -> Path:
+    """A tiny BERT with its MLM head, pre-trained here on the templated text."""
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    path = make_tiny_model("bert", tmp_path_factory.mktemp("mlm"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    from transformers import BertConfig
+
+    model = BertForMaskedLM(BertConfig.from_pretrained(path))
+    texts = [r["text"] for r in _templated(512, seed=0)]
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)
+    encoded = [{"input_ids": ids} for ids in tokenizer(texts)["input_ids"]]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(300):
+        batch = collate(encoded[(step * 32) % 512 : (step * 32) % 512 + 32])
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path)
+    return path
+
+
+def test_similarity_signal_separates_pretraining_data_from_random_data(tmp_path, pretrained_mlm):
+    measured = {}
+    for name, rows in (("seen", _templated(200, seed=1)), ("random", _random_rows(200, seed=2))):
+        data = write_csv(tmp_path / f"{name}.csv", rows)
+        recipe = write_recipe(tmp_path / f"{name}.yaml", model_name_or_path=str(pretrained_mlm), train_file=str(data),
+                              output_dir=str(tmp_path / name))
+        config = load_config(str(recipe))
+        m = advise.measure(config, samples=200)
+        measured[name] = (m, advise.domain(m)[0])
+    seen, random_data = measured["seen"][0], measured["random"][0]
+    assert seen.mlm is not None and random_data.mlm is not None  # the head shipped with the checkpoint was found
+    assert seen.mlm["accuracy"] > random_data.mlm["accuracy"] + 0.3
+    assert seen.mlm["loss"] < random_data.mlm["loss"]
+    assert seen.probe.lift > 0.8 and random_data.probe.lift < 0.25
+    assert measured["seen"][1] == "close" and measured["random"][1] == "far"
+
+
+def test_advise_on_an_image_folder(tmp_path):
+    from test_images import make_tiny_vit, write_folder
+
+    vit = make_tiny_vit(tmp_path / "vit")
+    folder = write_folder(tmp_path / "images", classes=("blue", "red"), per_class=30)
+    rc, out, err = _advise("--task", "image-classification", "--model_name_or_path", vit, "--dataset", folder,
+                           "--use_cpu", "true", "--out", tmp_path / "advice")
+    assert rc == 0, err[-2000:]
+    record = json.loads((tmp_path / "advice" / "advice.json").read_text())
+    assert record["measurements"]["tokenizer"] is None and record["measurements"]["mlm"] is None
+    assert record["measurements"]["probe_lift"] > 0.5  # plain colours: even random features separate them
+    assert record["advice"]["strategy"] == "feature_extraction"  # 54 training images
+    assert load_config(str(tmp_path / "advice" / "recipe.yaml")).transfer.task == "image-classification"

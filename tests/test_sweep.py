@@ -1,0 +1,120 @@
+"""`hftl sweep`: every strategy on the same recipe, a complete table that survives a failing strategy,
+and a sweep folder that is resumed or refused, never overwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_recipe
+from hftl import sweep
+from hftl.cli import main
+from hftl.errors import HftlError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sweep(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["sweep", *[str(a) for a in args]])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _recipe(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path) -> Path:
+    return write_recipe(
+        tmp_path / "recipe.yaml", model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
+        test_file=str(sentiment_csv / "test.csv"), output_dir=str(tmp_path / "run"), learning_rate=3e-3,
+        head_lr=3e-3, num_train_epochs=2, unfrozen_groups=1, seed=0,
+    )
+
+
+def test_strategy_names_are_checked():
+    assert sweep.parse_strategies(None) == sweep.DEFAULT
+    assert sweep.parse_strategies("full, scratch") == ("full", "scratch")
+    with pytest.raises(HftlError, match="Did you mean `partial`"):
+        sweep.parse_strategies("full,partal")
+    with pytest.raises(HftlError, match="each strategy once"):
+        sweep.parse_strategies("full,full")
+
+
+def test_unknown_strategy_exits_2_before_anything_is_written(tmp_path, tiny_bert, sentiment_csv):
+    recipe = _recipe(tmp_path, tiny_bert, sentiment_csv)
+    rc, _, err = _sweep(recipe, "--strategies", "full,finetune")
+    assert rc == 2 and "Unknown strategy `finetune`" in err and "scratch" in err
+    assert not (tmp_path / "run-sweep").exists()
+
+
+def test_scratch_is_full_from_random_weights_and_nothing_pushes(tmp_path):
+    words = sweep.strategy_overrides("scratch", tmp_path)
+    assert words[words.index("--strategy") + 1] == "full" and words[words.index("--from_scratch") + 1] == "true"
+    assert words[words.index("--push_to_hub") + 1] == "false"
+    assert sweep.strategy_overrides("lora", tmp_path)[-3:] == ["lora", "--from_scratch", "false"]
+
+
+@pytest.mark.slow
+def test_sweep_writes_a_complete_table_survives_a_failure_and_resumes(tmp_path, tiny_bert, sentiment_csv):
+    recipe = _recipe(tmp_path, tiny_bert, sentiment_csv)
+    # LoRA targets that match nothing: the lora strategy fails, the others never read the key
+    args = [recipe, "--strategies", "feature_extraction,lora,scratch", "--lora_target_modules", "nope"]
+    rc, out, err = _sweep(*args)
+    assert rc == 0, err[-3000:]
+    folder = tmp_path / "run-sweep"
+    rows = {r["strategy"]: r for r in csv.DictReader(open(folder / "sweep.csv"))}
+    assert list(rows) == ["feature_extraction", "lora", "scratch"]
+    assert rows["lora"]["status"] == "failed" and "match no linear layer" in rows["lora"]["error"]
+    for name in ("feature_extraction", "scratch"):
+        row = rows[name]
+        assert row["status"] == "ok"
+        assert 0 <= float(row["accuracy"]) <= 1 and 0 <= float(row["f1"]) <= 1
+        assert float(row["wall_s"]) > 0 and float(row["peak_memory_mb"]) > 0
+        assert (folder / name / "model.safetensors").is_file()
+    results = {n: json.loads((folder / n / "all_results.json").read_text()) for n in ("feature_extraction", "scratch")}
+    assert int(rows["scratch"]["trainable_params"]) > int(rows["feature_extraction"]["trainable_params"])
+    assert int(rows["feature_extraction"]["trainable_params"]) == results["feature_extraction"]["trainable_params"]
+    assert float(rows["scratch"]["accuracy"]) == pytest.approx(results["scratch"]["test_accuracy"])
+    table = (folder / "sweep.md").read_text()
+    assert "| lora | failed: " in table and "| scratch | " in table and "macro-F1" in table
+    assert (folder / "sweep.png").stat().st_size > 10_000
+    assert (folder / "logs" / "lora.log").is_file()
+
+    # a second sweep into the same folder is refused, and nothing is touched
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    rc, _, err = _sweep(*args)
+    assert rc == 2 and "holds a previous sweep" in err and "--resume" in err
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
+    # resuming with other overrides would mix budgets: refused
+    rc, _, err = _sweep(*args, "--num_train_epochs", "3", "--resume")
+    assert rc == 2 and "different recipe or different overrides" in err
+    # resuming keeps the finished strategies and runs the rest (lora fails again, the same way)
+    rc, out, err = _sweep(*args, "--resume")
+    assert rc == 0, err[-3000:]
+    assert "feature_extraction finished in an earlier run; kept" in out and "scratch finished in an earlier run" in out
+    assert (folder / "feature_extraction" / "all_results.json").stat().st_mtime_ns == before[
+        folder / "feature_extraction" / "all_results.json"]
+    state = json.loads((folder / "sweep.json").read_text())
+    assert state["results"]["lora"]["status"] == "failed" and state["results"]["scratch"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_sweep_under_a_two_process_launch_runs_in_process(tmp_path, tiny_bert, sentiment_csv):
+    recipe = _recipe(tmp_path, tiny_bert, sentiment_csv)
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = [str(bin_dir / "accelerate"), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu-ddp-2.yaml"),
+               "-m", "hftl", "sweep", str(recipe), "--strategies", "feature_extraction,partial"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["strategy"]: r for r in csv.DictReader(open(tmp_path / "run-sweep" / "sweep.csv"))}
+    assert [r["status"] for r in rows.values()] == ["ok", "ok"]
+    assert "In-process sweep" in (tmp_path / "run-sweep" / "sweep.md").read_text()
+    assert not (tmp_path / "run-sweep" / "logs").exists()  # no child processes were started

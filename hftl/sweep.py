@@ -161,9 +161,27 @@ def _row(strategy: str, code: int, error: str, out: Path, wall: float) -> dict:
     return row
 
 
+def _drop_tokens(overrides: list[str]) -> list[str]:
+    """A sweep pushes nothing, so it needs no token; none reaches sweep.json, the logs or a command line."""
+    kept, skip = [], False
+    for word in overrides:
+        if skip and not word.startswith("--"):
+            skip = False
+            continue
+        key = word[2:].split("=")[0] if word.startswith("--") else ""
+        if "token" in key:
+            print(f"hftl sweep: --{key} dropped: a sweep pushes nothing to the Hub.")
+            skip = "=" not in word
+            continue
+        skip = False
+        kept.append(word)
+    return kept
+
+
 def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
     from hftl.config import load_config
 
+    overrides = _drop_tokens(overrides)
     base = load_config(recipe, overrides)  # a bad recipe or override fails here, once, not in every strategy
     folder = Path(options.folder or f"{str(base.training.output_dir).rstrip('/')}-sweep")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

@@ -118,3 +118,8 @@ def test_sweep_under_a_two_process_launch_runs_in_process(tmp_path, tiny_bert, s
     assert [r["status"] for r in rows.values()] == ["ok", "ok"]
     assert "In-process sweep" in (tmp_path / "run-sweep" / "sweep.md").read_text()
     assert not (tmp_path / "run-sweep" / "logs").exists()  # no child processes were started
+
+
+def test_tokens_never_reach_the_sweep_state_or_the_commands():
+    words = ["--learning_rate", "1e-4", "--hub_token", "hf_secret", "--hub_token=hf_other", "--seed", "3"]
+    assert sweep._drop_tokens(words) == ["--learning_rate", "1e-4", "--seed", "3"]

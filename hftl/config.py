@@ -204,7 +204,10 @@ def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> 
         flag = next((r for r in remaining if r.startswith("--")), remaining[0])
         if flag.startswith("--"):
             raise _unknown_key_error(flag[2:].split("=")[0], "the command line")
-        raise HftlError(f"Unexpected argument `{flag}`. Overrides take the form `--key value`.")
+        raise HftlError(
+            f"Unexpected argument `{flag}`. Overrides take the form `--key value`, and the recipe goes right after the "
+            "command (`hftl advise RECIPE.yaml --out DIR`)."
+        )
     model, data, transfer, training = arg_objs
     user_keys = set(values) | {o[2:].split("=")[0].replace("-", "_") for o in overrides if o.startswith("--")}
     config = RunConfig(model, data, transfer, training, recipe_path, user_keys)

@@ -40,20 +40,18 @@ class Probe:
 
 
 def check_probe_size(counts: dict[str, int], multi_label: bool) -> None:
-    """Every class needs MIN_PER_CLASS examples for the probe's folds; say which ones fall short."""
+    """Every class (every label, for multi-label data) needs MIN_PER_CLASS examples for the probe's folds."""
     short = {name: n for name, n in counts.items() if n < MIN_PER_CLASS}
-    if short and not multi_label:
+    kind, kinds = ("label", "labels") if multi_label else ("class", "classes")
+    if short:
         shown = ", ".join(f"`{k}` ({v})" for k, v in list(short.items())[:10])
         raise HftlError(
             f"The training data is too small to split for the similarity probe: it needs at least {MIN_PER_CLASS} "
-            f"labelled examples per class (one to fit, one to score), and these classes have fewer: {shown}. Add "
-            "examples of those classes, or drop them from the data."
+            f"labelled examples per {kind} (one to fit, one to score), and these have fewer: {shown}. Add examples "
+            f"of those {kinds}, or drop them from the data."
         )
-    if multi_label and max(counts.values(), default=0) < MIN_PER_CLASS:
-        raise HftlError(
-            f"The training data is too small to split for the similarity probe: no label occurs {MIN_PER_CLASS} times. "
-            "Add labelled examples."
-        )
+    if not multi_label and len(counts) < 2:
+        raise HftlError("The training data holds a single class: a probe (and a classifier) needs at least 2.")
 
 
 def stratified_sample(train: Dataset, n: int, seed: int, multi_label: bool) -> Dataset:
@@ -73,9 +71,10 @@ def stratified_sample(train: Dataset, n: int, seed: int, multi_label: bool) -> D
 
 
 @torch.inference_mode()
-def features(config: RunConfig, task, model, processor, sample: Dataset, batch_size: int = 32) -> np.ndarray:
-    """Mean-pooled last hidden state of the frozen backbone, inputs prepared exactly as the task does for
-    evaluation (no augmentation), padding excluded from the mean."""
+def features(config: RunConfig, task, model, processor, sample: Dataset, batch_size: int = 32):
+    """(mean of tokens, first token) of the frozen backbone's last hidden state, inputs prepared exactly as
+    the task does for evaluation (no augmentation), padding excluded from the mean. The first token is what
+    BERT's and ViT's classification heads read; the mean is what sentence encoders were trained to make."""
     eval_config = copy.deepcopy(config)
     eval_config.data.augment = False
     encoded = task.encode(eval_config, DatasetDict(train=sample), processor)["train"]
@@ -84,7 +83,7 @@ def features(config: RunConfig, task, model, processor, sample: Dataset, batch_s
     encoder.eval()
     device = config.training.device
     encoder.to(device)
-    out = []
+    means, firsts = [], []
     for start in range(0, len(encoded), batch_size):
         batch = collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
         batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label")}
@@ -92,11 +91,11 @@ def features(config: RunConfig, task, model, processor, sample: Dataset, batch_s
         mask = batch.get("attention_mask")
         if mask is not None:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            means.append(((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy())
         else:
-            pooled = hidden.mean(1)
-        out.append(pooled.cpu().numpy())
-    return np.concatenate(out)
+            means.append(hidden.mean(1).cpu().numpy())
+        firsts.append(hidden[:, 0].cpu().numpy())
+    return np.concatenate(means), np.concatenate(firsts)
 
 
 def _folds(targets: np.ndarray, multi_label: bool, seed: int) -> list[np.ndarray]:
@@ -141,13 +140,13 @@ def _fit_predict(x_fit, y_fit, x_eval, multi_label: bool, classes: int, l2: floa
 
 
 def balanced_accuracy(pred: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
-    if multi_label:
+    if multi_label:  # per label, over the labels the sample holds both with and without
         scores = []
         for j in range(targets.shape[1]):
             t, p = targets[:, j].astype(int), pred[:, j]
-            recalls = [np.mean(p[t == v] == v) for v in (0, 1) if np.any(t == v)]
-            scores.append(np.mean(recalls))
-        return float(np.mean(scores))
+            if np.any(t == 0) and np.any(t == 1):
+                scores.append(np.mean([np.mean(p[t == v] == v) for v in (0, 1)]))
+        return float(np.mean(scores)) if scores else 0.5
     return float(np.mean([np.mean(pred[targets == v] == v) for v in np.unique(targets)]))
 
 
@@ -168,6 +167,7 @@ def tokenizer_stats(tokenizer, texts: list[str]) -> dict[str, float]:
     from transformers.utils import logging as hf_logging
 
     words = sum(len(t.split()) for t in texts)
+    unspaced = sum(len(t) for t in texts) > 15 * max(words, 1)  # Chinese, Japanese, Thai: words are not space-separated
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # whole texts are counted: past-max-length warnings do not apply
     try:
@@ -177,14 +177,13 @@ def tokenizer_stats(tokenizer, texts: list[str]) -> dict[str, float]:
     tokens = sum(len(row) for row in ids)
     unk = tokenizer.unk_token_id
     unknown = sum(row.count(unk) for row in ids) if unk is not None else 0
-    return {"subwords_per_word": tokens / max(words, 1), "unknown_rate": unknown / max(tokens, 1)}
+    return {"subwords_per_word": None if unspaced else tokens / max(words, 1), "unknown_rate": unknown / max(tokens, 1)}
 
 
 @torch.inference_mode()
 def masked_lm(source: str, revision: str, tokenizer, texts: list[str], max_length: int, device, seed: int = 0):
     """(loss, accuracy) of the checkpoint's own MLM head on 15% masked tokens; None without such a head."""
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
-
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
 
         return clip_modes.run(config, command)
     _preflight(config)
+    _reset_peak_memory(config.training.device)
     built = build(config)
     _check_best_metric(config, built)
     cache = should_cache(config, built.groups, built.task)  # a refused cache request is bad input: before any write
@@ -256,6 +258,14 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     return metrics
 
 
+def _reset_peak_memory(device) -> None:
+    """A process that trains more than once (an in-process sweep) reports each run's own GPU peak."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _peak_memory(device) -> dict:
     """Peak memory of this process: what torch allocated on the GPU, or the resident set size on CPU."""
     import resource
@@ -264,7 +274,8 @@ def _peak_memory(device) -> dict:
 
     if device.type == "cuda":
         return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KiB
+    unit = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}
 
 
 def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import gc
 import hashlib
 import json
 import os
@@ -23,13 +24,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from hftl.config import STRATEGIES
-from hftl.errors import HftlError, first_line
+from hftl.errors import HftlError
 
 CHOICES = (*STRATEGIES, "scratch")  # scratch: the same architecture from random weights, every layer training
 DEFAULT = ("feature_extraction", "partial", "full", "lora", "scratch")
 STATE = "sweep.json"
-COLUMNS = ("strategy", "status", "accuracy", "f1", "trainable_params", "wall_s", "train_s", "peak_memory_mb", "error")
+COLUMNS = ("strategy", "status", "accuracy", "f1", "trainable_params", "wall_s", "train_s", "peak_memory_mb", "split",
+           "accuracy_metric", "f1_metric", "memory_kind", "error")
 
 
 @dataclass
@@ -62,16 +66,16 @@ def strategy_overrides(strategy: str, folder: Path) -> list[str]:
     return [*words, "--strategy", strategy, "--from_scratch", "false"]
 
 
-def _fingerprint(recipe: str, overrides: list[str]) -> str:
-    """The recipe's content and the overrides: a resumed sweep must compare like with like."""
+def _fingerprint(recipe: str, overrides: list[str], launcher: str | None, world: int) -> str:
+    """The recipe's content, the overrides and how it is launched: a resumed sweep compares like with like."""
     digest = hashlib.sha256(Path(recipe).read_bytes())
-    digest.update("\0".join(overrides).encode())
+    digest.update("\0".join([*overrides, launcher or "", str(world)]).encode())
     return digest.hexdigest()[:16]
 
 
-def _open(folder: Path, recipe: str, overrides: list[str], options: Options) -> dict:
+def _open(folder: Path, recipe: str, overrides: list[str], options: Options, world: int) -> dict:
     """The sweep's state: new, or resumed from sweep.json. Never a silent overwrite."""
-    fingerprint = _fingerprint(recipe, overrides)
+    fingerprint = _fingerprint(recipe, overrides, options.launcher, world)
     state_file = folder / STATE
     if state_file.is_file():
         state = json.loads(state_file.read_text())
@@ -83,8 +87,8 @@ def _open(folder: Path, recipe: str, overrides: list[str], options: Options) -> 
             )
         if state.get("fingerprint") != fingerprint:
             raise HftlError(
-                f"`{folder}` holds a sweep of a different recipe or different overrides: resuming would mix budgets. Use "
-                "the same recipe and overrides, or `--sweep_dir` with a new folder."
+                f"`{folder}` holds a sweep of a different recipe, different overrides or another launch (`--launcher`, "
+                "number of processes): resuming would mix budgets. Use the same ones, or `--sweep_dir` with a new folder."
             )
         return state
     if folder.is_dir() and any(folder.iterdir()):
@@ -129,17 +133,21 @@ def _last_error(text: str) -> str:
 
 
 def _run_in_process(recipe: str, overrides: list[str]) -> tuple[int, str]:
-    """Under a multi-process launch: every rank runs the strategy here, like any `hftl train`."""
+    """Under a multi-process launch: every rank runs the strategy here, like any `hftl train`. A crash
+    mid-training may hit one rank only, and the others would wait for it in a collective: it ends the
+    sweep instead (sweep.json keeps what finished; `--resume` goes on). `--launcher` isolates crashes."""
     from hftl import run
     from hftl.card import reproduce_command
     from hftl.config import load_config
 
     try:
         run.train(load_config(recipe, overrides), reproduce_command(recipe, overrides))
-    except HftlError as err:
+    except HftlError as err:  # bad input is found before training, on every rank alike: a row in the table
         return 2, str(err)
-    except Exception as err:  # one strategy's crash is a row in the table, not the end of the sweep
-        return 1, f"{type(err).__name__}: {first_line(err)}"
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next strategy starts from an empty GPU
     return 0, ""
 
 
@@ -151,8 +159,10 @@ def _row(strategy: str, code: int, error: str, out: Path, wall: float) -> dict:
         return row
     metrics = json.loads(results.read_text())
     split = "test" if any(k.startswith("test_") for k in metrics) else "eval"
-    row["accuracy"] = metrics.get(f"{split}_accuracy", metrics.get(f"{split}_subset_accuracy"))
-    row["f1"] = metrics.get(f"{split}_f1_macro", metrics.get(f"{split}_f1_micro"))
+    multi = f"{split}_accuracy" not in metrics and f"{split}_subset_accuracy" in metrics
+    row["accuracy_metric"], row["f1_metric"] = ("subset_accuracy", "f1_micro") if multi else ("accuracy", "f1_macro")
+    row["accuracy"] = metrics.get(f"{split}_{row['accuracy_metric']}")
+    row["f1"] = metrics.get(f"{split}_{row['f1_metric']}")
     row["split"] = split
     row["trainable_params"] = metrics.get("trainable_params")
     row["train_s"] = round(metrics["train_runtime"], 1) if "train_runtime" in metrics else None
@@ -161,19 +171,23 @@ def _row(strategy: str, code: int, error: str, out: Path, wall: float) -> dict:
     return row
 
 
-def _drop_tokens(overrides: list[str]) -> list[str]:
-    """A sweep pushes nothing, so it needs no token; none reaches sweep.json, the logs or a command line."""
-    kept, skip = [], False
+def _move_tokens(overrides: list[str]) -> list[str]:
+    """A hub token moves into HF_TOKEN, which every strategy's process inherits (gated checkpoints still load);
+    it never reaches sweep.json, the logs or a command line."""
+    kept, take = [], None
     for word in overrides:
-        if skip and not word.startswith("--"):
-            skip = False
+        if take is not None and not word.startswith("--"):
+            os.environ["HF_TOKEN"] = word
+            take = None
             continue
+        take = None
         key = word[2:].split("=")[0] if word.startswith("--") else ""
         if "token" in key:
-            print(f"hftl sweep: --{key} dropped: a sweep pushes nothing to the Hub.")
-            skip = "=" not in word
+            if "=" in word:
+                os.environ["HF_TOKEN"] = word.split("=", 1)[1]
+            else:
+                take = key
             continue
-        skip = False
         kept.append(word)
     return kept
 
@@ -181,18 +195,23 @@ def _drop_tokens(overrides: list[str]) -> list[str]:
 def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
     from hftl.config import load_config
 
-    overrides = _drop_tokens(overrides)
+    overrides = _move_tokens(overrides)
     base = load_config(recipe, overrides)  # a bad recipe or override fails here, once, not in every strategy
     folder = Path(options.folder or f"{str(base.training.output_dir).rstrip('/')}-sweep")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     main_process = int(os.environ.get("RANK", "0") or 0) == 0
     if world > 1 and options.launcher:
         raise HftlError("--launcher starts each strategy's processes itself: run `hftl sweep` without accelerate launch.")
-    state = _open(folder, recipe, overrides, options)
+    if base.transfer.task not in ("text-classification", "image-classification"):
+        raise HftlError(f"hftl sweep compares classification strategies; task `{base.transfer.task}` has its own "
+                        "comparisons (for CLIP: clip_mode zero_shot / linear_probe / contrastive, and hftl wise-ft).")
+    state = _open(folder, recipe, overrides, options, world)
     if world > 1:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()  # every rank has checked the folder before any rank writes to it
+    if main_process:
+        _save_state(folder, state)  # from here on the folder is a sweep: a killed one resumes
     for strategy in options.strategies:
         if state["results"].get(strategy, {}).get("status") == "ok":
             print(f"hftl sweep: {strategy} finished in an earlier run; kept.")
@@ -215,12 +234,16 @@ def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
     return rows
 
 
-def _write(folder: Path, state: dict, strategies: tuple[str, ...], base, in_process: bool) -> None:
+def _save_state(folder: Path, state: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [state["results"][s] for s in strategies if s in state["results"]]
     temporary = folder / (STATE + ".tmp")
     temporary.write_text(json.dumps(state, indent=2) + "\n")
     temporary.replace(folder / STATE)  # a sweep killed mid-write still resumes from the last whole state
+
+
+def _write(folder: Path, state: dict, strategies: tuple[str, ...], base, in_process: bool) -> None:
+    rows = [state["results"][s] for s in strategies if s in state["results"]]
+    _save_state(folder, state)
     (folder / "sweep.md").write_text(markdown(rows, base, in_process))
     with open(folder / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -240,18 +263,21 @@ def _number(value, form: str) -> str:
 def markdown(rows: list[dict], base, in_process: bool = False) -> str:
     split = next((r["split"] for r in rows if r.get("split")), "test")
     memory = next((r["memory_kind"] for r in rows if r.get("memory_kind")), "process RSS")
+    multi = any(r.get("accuracy_metric") == "subset_accuracy" for r in rows)
+    names = ("subset accuracy", "micro-F1") if multi else ("accuracy", "macro-F1")
     lines = [
         f"# Strategy sweep: {_title(base)}",
         "",
         f"Same data, epochs ({base.training.num_train_epochs:g}), batch size ({base.training.per_device_train_batch_size}) "
         f"and learning rates for every strategy; metrics on the {split} split.",
         "",
-        f"| strategy | accuracy | macro-F1 | trainable params | wall time (s) | train time (s) | peak memory (MB, {memory}) |",
+        f"| strategy | {names[0]} | {names[1]} | trainable params | wall time (s) | train time (s) | peak memory (MB, {memory}) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['strategy']} | failed: {r['error']} | | | {r['wall_s']:.0f} | | |")
+            error = r["error"].replace("|", "\\|")
+            lines.append(f"| {r['strategy']} | failed: {error} | | | {r['wall_s']:.0f} | | |")
             continue
         lines.append(
             f"| {r['strategy']} | {_number(r['accuracy'], '.4f')} | {_number(r['f1'], '.4f')} | "
@@ -260,7 +286,8 @@ def markdown(rows: list[dict], base, in_process: bool = False) -> str:
         )
     lines += ["", "Wall time is the whole `hftl train` process (start-up, data, training, evaluation, saving)."]
     if in_process:
-        lines.append("In-process sweep (multi-process launch): on CPU the peak RSS is the process's so far, not the strategy's.")
+        lines.append("In-process sweep (multi-process launch): on CPU the peak RSS is the process's so far, not the strategy's "
+                     "(GPU peaks are reset for each strategy).")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
-from hftl import advise, probe
+from hftl import advise, guide, probe
+from hftl.errors import HftlError
 from hftl.cli import main
 from hftl.config import load_config
 
@@ -50,10 +51,14 @@ def test_linear_probe_multi_label_uses_per_label_balanced_accuracy():
 
 
 def test_probe_too_small_names_the_minimum_and_the_classes():
-    with pytest.raises(Exception) as err:
+    with pytest.raises(HftlError) as err:
         probe.check_probe_size({"a": 5, "b": 1}, multi_label=False)
     assert "at least 2" in str(err.value) and "`b` (1)" in str(err.value)
     probe.check_probe_size({"a": 2, "b": 2}, multi_label=False)
+    with pytest.raises(HftlError, match="per label"):
+        probe.check_probe_size({"a": 5, "b": 1}, multi_label=True)
+    with pytest.raises(HftlError, match="single class"):
+        probe.check_probe_size({"a": 5}, multi_label=False)
 
 
 def test_tokenizer_fragmentation_separates_known_words_from_gibberish(tiny_bert):
@@ -70,12 +75,12 @@ def test_tokenizer_fragmentation_separates_known_words_from_gibberish(tiny_bert)
 
 
 def _measured(examples: int, lift: float = 0.8, classes: int = 2, multi_label: bool = False, groups: int = 7,
-              tokenizer=None, mlm=None) -> advise.Measurements:
+              tokenizer=None, mlm=None) -> guide.Measurements:
     per_class = {f"c{i}": examples // classes for i in range(classes)}
     chance = 1 / classes
     fit = probe.Probe(chance + lift * (1 - chance), chance, min(examples, 1000), 5)
-    return advise.Measurements("m", "d", examples, per_class, 10, 10, multi_label, False, fit, groups, 20_000_000,
-                               tokenizer, mlm)
+    return guide.Measurements("m", "d", examples, per_class, 10, 10, multi_label, False, fit, groups, 20_000_000,
+                              tokenizer=tokenizer, mlm=mlm)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +95,7 @@ def base_config(tmp_path_factory):
      (1_530, "partial", 4), (10_000, "partial", 6), (10_001, "full", None), (200_000, "full", None)],
 )
 def test_data_size_follows_the_guide_thresholds(base_config, examples, strategy, groups):
-    advice = advise.decide(_measured(examples), base_config)
+    advice = guide.decide(_measured(examples), base_config)
     assert advice.strategy == strategy
     if groups is not None:
         assert advice.unfrozen_groups == groups
@@ -98,31 +103,48 @@ def test_data_size_follows_the_guide_thresholds(base_config, examples, strategy,
 
 
 def test_a_different_domain_unfreezes_more(base_config):
-    close = advise.decide(_measured(500, lift=0.8), base_config)
-    far = advise.decide(_measured(500, lift=0.1), base_config)
-    moderate = advise.decide(_measured(500, lift=0.4), base_config)
+    close = guide.decide(_measured(500, lift=0.8), base_config)
+    far = guide.decide(_measured(500, lift=0.1), base_config)
+    moderate = guide.decide(_measured(500, lift=0.4), base_config)
     assert (close.unfrozen_groups, moderate.unfrozen_groups, far.unfrozen_groups) == (3, 4, 6)
     assert far.domain == "far" and "unfreeze more" in far.rules[1]
     # even under 100 examples a far domain leaves the frozen features
-    assert advise.decide(_measured(50, lift=0.1), base_config).strategy == "partial"
+    assert guide.decide(_measured(50, lift=0.1), base_config).strategy == "partial"
     # the tokenizer or the MLM head alone can make the domain far
     shredded = _measured(500, tokenizer={"subwords_per_word": 3.1, "unknown_rate": 0.0})
-    assert advise.decide(shredded, base_config).domain == "far"
+    assert guide.decide(shredded, base_config).domain == "far"
     strange = _measured(500, mlm={"loss": 6.0, "accuracy": 0.05})
-    assert advise.decide(strange, base_config).domain == "far"
+    assert guide.decide(strange, base_config).domain == "far"
 
 
 def test_complex_tasks_train_more(base_config):
-    simple = advise.decide(_measured(500, classes=2), base_config)
-    many = advise.decide(_measured(5000, classes=30), base_config)
-    assert advise.decide(_measured(500, multi_label=True), base_config).unfrozen_groups == simple.unfrozen_groups + 1
-    assert many.unfrozen_groups == advise.decide(_measured(5000, classes=2), base_config).unfrozen_groups + 1
+    simple = guide.decide(_measured(500, classes=2), base_config)
+    many = guide.decide(_measured(5000, classes=30), base_config)
+    assert guide.decide(_measured(500, multi_label=True), base_config).unfrozen_groups == simple.unfrozen_groups + 1
+    assert many.unfrozen_groups == guide.decide(_measured(5000, classes=2), base_config).unfrozen_groups + 1
     assert "complex" in many.rules[2]
 
 
+def test_notes_name_a_weak_head_token_and_unspaced_text_skips_fragmentation(base_config):
+    m = _measured(50)
+    m.probe_first = probe.Probe(0.6, 0.5, 50, 5)  # lift 0.2 against 0.8 for the mean
+    advice = guide.decide(m, base_config)
+    assert any("the first token, which the classification head reads" in n for n in advice.notes)
+    unspaced = _measured(500, tokenizer={"subwords_per_word": None, "unknown_rate": 0.0})
+    assert guide.decide(unspaced, base_config).domain == "close"
+    assert any("without spaces" in line for line in guide.domain(unspaced)[1])
+
+
+def test_unspaced_text_is_detected(tiny_bert):
+    from transformers import AutoTokenizer
+
+    stats = probe.tokenizer_stats(AutoTokenizer.from_pretrained(tiny_bert), ["这部电影非常好看我们都很开心" * 2])
+    assert stats["subwords_per_word"] is None
+
+
 def test_layer_decay_and_head_steps(base_config):
-    assert advise._layer_decay(3) == 0.7 and advise._layer_decay(7) == 0.9 and advise._layer_decay(13) == 0.95
-    few = advise.decide(_measured(50), base_config)  # 50 examples, batch 16: 4 steps an epoch
+    assert guide.layer_decay(3) == 0.7 and guide.layer_decay(7) == 0.9 and guide.layer_decay(13) == 0.95
+    few = guide.decide(_measured(50), base_config)  # 50 examples, batch 16: 4 steps an epoch
     assert few.num_train_epochs == 25 and few.head_lr == 1e-3
 
 
@@ -141,6 +163,7 @@ def test_advise_on_tiny_datasets_of_three_sizes(tmp_path, tiny_bert, rows, strat
     assert record["advice"]["strategy"] == strategy, out
     assert record["measurements"]["examples"] == round(rows * 0.95)
     assert record["advice"]["domain"] != "far"
+    assert record["measurements"]["probe_random"]["examples"] == record["measurements"]["probe"]["examples"]
     assert f"strategy: **{strategy}**" in out and "## Rules applied" in out
     written = folder / "recipe.yaml"
     assert written.read_text().startswith(f"# hftl train {written}")
@@ -238,7 +261,7 @@ def test_similarity_signal_separates_pretraining_data_from_random_data(tmp_path,
                               output_dir=str(tmp_path / name))
         config = load_config(str(recipe))
         m = advise.measure(config, samples=200)
-        measured[name] = (m, advise.domain(m)[0])
+        measured[name] = (m, guide.domain(m)[0])
     seen, random_data = measured["seen"][0], measured["random"][0]
     assert seen.mlm is not None and random_data.mlm is not None  # the head shipped with the checkpoint was found
     assert seen.mlm["accuracy"] > random_data.mlm["accuracy"] + 0.3

@@ -8,9 +8,11 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,7 +95,7 @@ def test_sweep_writes_a_complete_table_survives_a_failure_and_resumes(tmp_path, 
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
     # resuming with other overrides would mix budgets: refused
     rc, _, err = _sweep(*args, "--num_train_epochs", "3", "--resume")
-    assert rc == 2 and "different recipe or different overrides" in err
+    assert rc == 2 and "different overrides" in err and "mix budgets" in err
     # resuming keeps the finished strategies and runs the rest (lora fails again, the same way)
     rc, out, err = _sweep(*args, "--resume")
     assert rc == 0, err[-3000:]
@@ -120,6 +122,42 @@ def test_sweep_under_a_two_process_launch_runs_in_process(tmp_path, tiny_bert, s
     assert not (tmp_path / "run-sweep" / "logs").exists()  # no child processes were started
 
 
-def test_tokens_never_reach_the_sweep_state_or_the_commands():
-    words = ["--learning_rate", "1e-4", "--hub_token", "hf_secret", "--hub_token=hf_other", "--seed", "3"]
-    assert sweep._drop_tokens(words) == ["--learning_rate", "1e-4", "--seed", "3"]
+def test_tokens_move_to_the_environment_never_to_the_state_or_the_commands(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    words = ["--learning_rate", "1e-4", "--hub_token", "hf_secret", "--seed", "3"]
+    assert sweep._move_tokens(words) == ["--learning_rate", "1e-4", "--seed", "3"]
+    assert os.environ["HF_TOKEN"] == "hf_secret"
+    assert sweep._move_tokens(["--hub_token=hf_other"]) == [] and os.environ["HF_TOKEN"] == "hf_other"
+
+
+def test_a_failed_row_with_a_pipe_keeps_the_table_whole(tmp_path):
+    base = SimpleNamespace(training=SimpleNamespace(num_train_epochs=1, per_device_train_batch_size=8),
+                           model=SimpleNamespace(model_name_or_path="m"), data=SimpleNamespace(dataset="d", train_file=None))
+    row = sweep._row("partial", 2, "freeze pattern `a|b` matches nothing", tmp_path / "none", 3.0)
+    line = next(x for x in sweep.markdown([row], base).splitlines() if x.startswith("| partial"))
+    assert "`a\\|b`" in line
+    assert len(re.split(r"(?<!\\)\|", line)) == 9  # 7 columns: 8 unescaped pipes
+
+
+def test_a_sweep_killed_in_its_first_strategy_resumes(tmp_path, tiny_bert, sentiment_csv, monkeypatch):
+    recipe = _recipe(tmp_path, tiny_bert, sentiment_csv)
+
+    def killed(command, log):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("partial output")
+        raise KeyboardInterrupt  # Ctrl-C while the first strategy trains
+
+    monkeypatch.setattr(sweep, "_run_process", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(str(recipe), [], sweep.Options(strategies=("feature_extraction",)))
+    state = json.loads((tmp_path / "run-sweep" / "sweep.json").read_text())
+    assert state["results"] == {}
+    monkeypatch.setattr(sweep, "_run_process", lambda command, log: (3, "boom"))
+    rows = sweep.run(str(recipe), [], sweep.Options(strategies=("feature_extraction",), resume=True))
+    assert rows[0]["status"] == "failed" and rows[0]["error"] == "boom"
+
+
+def test_clip_is_refused(tmp_path):
+    recipe = write_recipe(tmp_path / "clip.yaml", task="clip", model_name_or_path="x", train_file="t.csv")
+    rc, _, err = _sweep(recipe)
+    assert rc == 2 and "compares classification strategies" in err

@@ -283,3 +283,21 @@ def test_advise_on_an_image_folder(tmp_path):
     assert record["measurements"]["probe_lift"] > 0.5  # plain colours: even random features separate them
     assert record["advice"]["strategy"] == "feature_extraction"  # 54 training images
     assert load_config(str(tmp_path / "advice" / "recipe.yaml")).transfer.task == "image-classification"
+
+
+def test_multi_label_advice_and_no_token_in_any_file(tmp_path, tiny_bert):
+    rows = [{"text": r["text"], "label": r["label"] + (";long" if i % 3 == 0 else "")}
+            for i, r in enumerate(sentiment_rows(300, seed=7))]
+    data = write_csv(tmp_path / "train.csv", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(data),
+                          label_separator=";", output_dir=str(tmp_path / "run"))
+    rc, out, err = _advise(recipe, "--probe_samples", 200, "--hub_token", "hf_SECRET_advise")
+    assert rc == 0, err[-2000:]
+    record = json.loads((tmp_path / "run-advice" / "advice.json").read_text())
+    assert record["measurements"]["multi_label"] and record["measurements"]["probe"]["chance"] == 0.5
+    assert record["advice"]["strategy"] in ("partial", "full")
+    assert "a complex task (3 classes, multi-label): one more group" in record["advice"]["rules"]
+    assert "3 labels (multi-label)" in out
+    for path in (tmp_path / "run-advice").iterdir():
+        assert "hf_SECRET_advise" not in path.read_text()
+    assert "hf_SECRET_advise" not in out + err

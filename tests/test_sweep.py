@@ -55,6 +55,12 @@ def test_unknown_strategy_exits_2_before_anything_is_written(tmp_path, tiny_bert
     assert not (tmp_path / "run-sweep").exists()
 
 
+def test_launcher_prefixes_every_strategy_command():
+    command = sweep._command("r.yaml", ["--seed", "1"], "accelerate launch --num_processes 2")
+    assert command == ["accelerate", "launch", "--num_processes", "2", "-m", "hftl", "train", "r.yaml", "--seed", "1"]
+    assert sweep._command("r.yaml", [], None)[:4] == [sys.executable, "-m", "hftl", "train"]
+
+
 def test_scratch_is_full_from_random_weights_and_nothing_pushes(tmp_path):
     words = sweep.strategy_overrides("scratch", tmp_path)
     assert words[words.index("--strategy") + 1] == "full" and words[words.index("--from_scratch") + 1] == "true"

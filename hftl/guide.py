@@ -118,7 +118,7 @@ def _domain_rule(m: Measurements, depth: int, verdict: str) -> tuple[int, str]:
         return depth + more, f"a different domain ({signal}): unfreeze more, {more} more group(s)"
     if verdict == "moderate" and depth >= 1:
         return depth + 1, f"a moderate domain shift ({signal}): one more group"
-    return depth, f"domain {verdict} to the pre-training ({signal}): no change"
+    return depth, f"domain {verdict} to the pre-training as measured: frozen features fit the task ({signal}): no change"
 
 
 def _complexity_rule(m: Measurements, depth: int) -> tuple[int, str]:

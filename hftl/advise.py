@@ -44,6 +44,28 @@ def measure(config: RunConfig, samples: int) -> Measurements:
     probe.check_probe_size(per_class, labels.multi_label)
     model, processor = task.build_model(config, labels)
     sample = probe.stratified_sample(raw["train"], samples, config.data.split_seed, labels.multi_label)
+    pretrained, first, random_weights = _probes(config, task, model, processor, labels, sample)
+    m = Measurements(
+        model=config.model.model_name_or_path, dataset=config.data.dataset or config.data.train_file or "",
+        examples=len(raw["train"]), per_class=per_class, validation=len(raw.get("validation", [])),
+        test=len(raw["test"]) if "test" in raw else 0, multi_label=labels.multi_label,
+        pairs=bool(config.data.text_pair_column), probe=pretrained,
+        backbone_groups=sum(1 for g in layer_groups(model) if not g.is_head),
+        parameters=sum(p.numel() for p in model.parameters()), probe_first=first, probe_random=random_weights,
+    )
+    if config.transfer.task == "text-classification":
+        texts = [t or "" for t in sample[config.data.text_column]]
+        m.tokenizer = probe.tokenizer_stats(processor, texts)
+        from hftl.tasks.checkpoints import model_source
+
+        scored = probe.masked_lm(model_source(config), config.model.revision, processor, texts[:256],
+                                 config.data.max_length, config.training.device)
+        m.mlm = {"loss": scored[0], "accuracy": scored[1]} if scored else None
+    return m
+
+
+def _probes(config: RunConfig, task, model, processor, labels, sample):
+    """Linear probes on the sample: pre-trained mean of tokens, pre-trained first token, random weights' mean."""
     targets = np.asarray(sample["labels"], dtype=np.float32 if labels.multi_label else np.int64)
 
     def fit(x):
@@ -56,24 +78,7 @@ def measure(config: RunConfig, samples: int) -> Measurements:
     random_config.model.from_scratch = True
     set_seed(config.training.seed)
     random_model, _ = task.build_model(random_config, labels)
-    m = Measurements(
-        model=config.model.model_name_or_path, dataset=config.data.dataset or config.data.train_file or "",
-        examples=len(raw["train"]), per_class=per_class, validation=len(raw.get("validation", [])),
-        test=len(raw["test"]) if "test" in raw else 0, multi_label=labels.multi_label,
-        pairs=bool(config.data.text_pair_column), probe=fit(mean),
-        backbone_groups=sum(1 for g in layer_groups(model) if not g.is_head),
-        parameters=sum(p.numel() for p in model.parameters()), probe_first=fit(first),
-        probe_random=fit(probe.features(config, task, random_model, processor, sample, batch)[0]),
-    )
-    if config.transfer.task == "text-classification":
-        texts = [t or "" for t in sample[config.data.text_column]]
-        m.tokenizer = probe.tokenizer_stats(processor, texts)
-        from hftl.tasks.checkpoints import model_source
-
-        scored = probe.masked_lm(model_source(config), config.model.revision, processor, texts[:256],
-                                 config.data.max_length, config.training.device)
-        m.mlm = {"loss": scored[0], "accuracy": scored[1]} if scored else None
-    return m
+    return fit(mean), fit(first), fit(probe.features(config, task, random_model, processor, sample, batch)[0])
 
 
 def _class_counts(column, labels) -> dict[str, int]:

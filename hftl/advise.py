@@ -20,7 +20,7 @@ import yaml
 from transformers import set_seed
 
 from hftl import probe
-from hftl.config import RunConfig, read_recipe
+from hftl.config import RunConfig, override_keys, read_recipe
 from hftl.errors import HftlError
 from hftl.guide import Advice, Measurements, decide, domain
 from hftl.layers import layer_groups
@@ -171,7 +171,7 @@ def run(config: RunConfig, recipe: str | None, overrides: list[str], out: str | 
     m = measure(config, samples)
     a = decide(m, config)
     order = list(read_recipe(recipe)) if recipe else []
-    order += [o[2:].split("=")[0].replace("-", "_") for o in overrides if o.startswith("--")]
+    order += override_keys(overrides)
     text = report(m, a, recipe_path)
     folder.mkdir(parents=True, exist_ok=True)
     recipe_path.write_text(recipe_text(config, order, m, a, recipe_path))

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from hftl import builtin
-from hftl.config import RunConfig
+from hftl.config import RunConfig, split_tokens
 from hftl.plan import PlanRow, markdown
 
 STRATEGY_TEXT = {
@@ -27,18 +27,9 @@ def reproduce_command(recipe: str, overrides: list[str]) -> str:
     """`hftl train RECIPE --k v ...` with the value of any token-like key replaced."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     launcher = ["accelerate", "launch", "--num_processes", str(world), "-m"] if world > 1 else []
-    words, hide = [*launcher, "hftl", "train", recipe], False
-    for word in overrides:
-        if hide and not word.startswith("--"):
-            words.append("<redacted>")
-            hide = False
-            continue
-        key = word[2:].split("=")[0] if word.startswith("--") else ""
-        if "token" in key and "=" in word:
-            word = f"--{key}=<redacted>"
-        hide = "token" in key and "=" not in word
-        words.append(word)
-    return " ".join(shlex.quote(w) if not w.startswith("<") else w for w in words)
+    kept, tokens = split_tokens(overrides)
+    words = [*launcher, "hftl", "train", recipe, *kept, *(f"--{key}=<redacted>" for key in tokens)]
+    return " ".join(shlex.quote(w) if "<redacted>" not in w else w for w in words)
 
 
 def _reported(key: str) -> bool:

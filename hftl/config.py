@@ -135,6 +135,29 @@ class RunConfig:
         return redact(out)
 
 
+def override_keys(overrides: list[str]) -> list[str]:
+    """The keys of `--key value` / `--key=value` overrides, in order."""
+    return [o[2:].split("=")[0].replace("-", "_") for o in overrides if o.startswith("--")]
+
+
+def split_tokens(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(overrides without token-like keys, {key: token}): what may be shown or stored, and what may not."""
+    kept, tokens, key = [], {}, None
+    for word in overrides:
+        if key is not None and not word.startswith("--"):
+            tokens[key], key = word, None
+            continue
+        key = None
+        name = word[2:].split("=")[0] if word.startswith("--") else ""
+        if "token" not in name:
+            kept.append(word)
+        elif "=" in word:
+            tokens[name] = word.split("=", 1)[1]
+        else:
+            key = name
+    return kept, tokens
+
+
 def redact(values: dict[str, Any]) -> dict[str, Any]:
     """Drop any token-like value, so a resolved config or card never carries a secret (HF_TOKEN supplies it)."""
     return {k: v for k, v in values.items() if not ("token" in k and isinstance(v, str) and v)}
@@ -209,7 +232,7 @@ def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> 
             "command (`hftl advise RECIPE.yaml --out DIR`)."
         )
     model, data, transfer, training = arg_objs
-    user_keys = set(values) | {o[2:].split("=")[0].replace("-", "_") for o in overrides if o.startswith("--")}
+    user_keys = set(values) | set(override_keys(overrides))
     config = RunConfig(model, data, transfer, training, recipe_path, user_keys)
     validate(config)
     return config
@@ -233,7 +256,7 @@ def fast_defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any
     if "--task" in overrides[:-1]:
         task = overrides[overrides.index("--task") + 1]
     defaults = dict(TASK_TRAINING_DEFAULTS.get(task, {}))
-    given = set(values) | {o[2:].split("=")[0] for o in overrides if o.startswith("--")}
+    given = set(values) | set(override_keys(overrides))
     if not given & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
         defaults["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
     return defaults

@@ -17,6 +17,7 @@ from datasets import DatasetDict
 from hftl.config import DataArgs, RunConfig
 from hftl.data import load_splits
 from hftl.errors import HftlError
+from hftl.regularize import mean_pooled
 
 K = 5  # neighbours that vote
 
@@ -35,9 +36,7 @@ def _embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int,
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True,
                           return_tensors="pt").to(device)
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = mean_pooled(encoder, batch)
         out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
     encoder.train(was_training)
     return np.concatenate(out)

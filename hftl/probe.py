@@ -21,6 +21,7 @@ from datasets import Dataset, DatasetDict
 
 from hftl.config import RunConfig
 from hftl.errors import HftlError
+from hftl.regularize import masked_mean
 
 MIN_PER_CLASS = 2  # a cross-validated probe fits on one example of a class and scores on another
 FOLDS = 5
@@ -88,12 +89,7 @@ def features(config: RunConfig, task, model, processor, sample: Dataset, batch_s
         batch = collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
         batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label")}
         hidden = encoder(**batch).last_hidden_state.float()
-        mask = batch.get("attention_mask")
-        if mask is not None:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            means.append(((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy())
-        else:
-            means.append(hidden.mean(1).cpu().numpy())
+        means.append(masked_mean(hidden, batch.get("attention_mask")).cpu().numpy())
         firsts.append(hidden[:, 0].cpu().numpy())
     return np.concatenate(means), np.concatenate(firsts)
 

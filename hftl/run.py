@@ -42,7 +42,6 @@ class Built:
     rows: list[PlanRow]
     phases: list[Phase]
     replay: object = None  # replay.Replay when replay_data is set
-    trainable_params: int = 0  # weights the plan trains at some point (adapters and heads included)
 
 
 def build(config: RunConfig) -> Built:
@@ -79,9 +78,7 @@ def build(config: RunConfig) -> Built:
         raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
     set_frozen_eval(model, config.transfer.eval_frozen)
     assignment = assign(groups, lrs, config.training.weight_decay)
-    trainable = sum(p.numel() for g in groups for n, p in g.params if state.get(n))
-    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay,
-                 trainable)
+    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay)
 
 
 def _title(config: RunConfig) -> str:
@@ -253,7 +250,8 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
         after = knn_accuracy(built.model, built.processor, config)
         metrics.update(source_knn_accuracy_before=source_before, source_knn_accuracy_after=after,
                        source_forgetting=source_before - after)
-    metrics.update(trainable_params=built.trainable_params, **_peak_memory(args.device))
+    trainable = sum(row.trainable_params for row in built.rows)  # the plan's count: adapters and heads included
+    metrics.update(trainable_params=trainable, **_peak_memory(args.device))
     _save(config, built, trainer, metrics, write_card)
     return metrics
 

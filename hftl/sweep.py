@@ -24,13 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from hftl.config import STRATEGIES
+from hftl.config import STRATEGIES, split_tokens
 from hftl.errors import HftlError
 
 CHOICES = (*STRATEGIES, "scratch")  # scratch: the same architecture from random weights, every layer training
-DEFAULT = ("feature_extraction", "partial", "full", "lora", "scratch")
+DEFAULT = CHOICES
 STATE = "sweep.json"
 COLUMNS = ("strategy", "status", "accuracy", "f1", "trainable_params", "wall_s", "train_s", "peak_memory_mb", "split",
            "accuracy_metric", "f1_metric", "memory_kind", "error")
@@ -136,6 +134,8 @@ def _run_in_process(recipe: str, overrides: list[str]) -> tuple[int, str]:
     """Under a multi-process launch: every rank runs the strategy here, like any `hftl train`. A crash
     mid-training may hit one rank only, and the others would wait for it in a collective: it ends the
     sweep instead (sweep.json keeps what finished; `--resume` goes on). `--launcher` isolates crashes."""
+    import torch
+
     from hftl import run
     from hftl.card import reproduce_command
     from hftl.config import load_config
@@ -174,21 +174,9 @@ def _row(strategy: str, code: int, error: str, out: Path, wall: float) -> dict:
 def _move_tokens(overrides: list[str]) -> list[str]:
     """A hub token moves into HF_TOKEN, which every strategy's process inherits (gated checkpoints still load);
     it never reaches sweep.json, the logs or a command line."""
-    kept, take = [], None
-    for word in overrides:
-        if take is not None and not word.startswith("--"):
-            os.environ["HF_TOKEN"] = word
-            take = None
-            continue
-        take = None
-        key = word[2:].split("=")[0] if word.startswith("--") else ""
-        if "token" in key:
-            if "=" in word:
-                os.environ["HF_TOKEN"] = word.split("=", 1)[1]
-            else:
-                take = key
-            continue
-        kept.append(word)
+    kept, tokens = split_tokens(overrides)
+    for token in tokens.values():
+        os.environ["HF_TOKEN"] = token
     return kept
 
 

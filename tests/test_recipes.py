@@ -54,14 +54,18 @@ def test_recipe_set_is_complete():
             assert (model, f"{strategy}.yaml") in names
 
 
-@pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=_rel)
-def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
+def _check_commands(recipe: Path) -> None:
+    """DESIGN rule 9: the first lines are the exact commands that run the recipe, on one device and with accelerate."""
     lines = recipe.read_text().splitlines()
     assert lines[0] == f"# hftl train {_rel(recipe)}"
     assert lines[1].startswith("# accelerate launch --config_file recipes/accelerate/")
     assert lines[1].endswith(f"-m hftl train {_rel(recipe)}")
-    config_file = REPO / lines[1].split("--config_file ")[1].split()[0]
-    assert config_file.is_file()
+    assert (REPO / lines[1].split("--config_file ")[1].split()[0]).is_file()
+
+
+@pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=_rel)
+def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
+    _check_commands(recipe)
 
     values = yaml.safe_load(recipe.read_text())
     assert values["model_name_or_path"] == recipe.parent.name  # a real Hub id
@@ -140,9 +144,7 @@ def test_image_recipe_set_is_complete():
 
 @pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=_rel)
 def test_image_recipe_plans(recipe, tiny_vit12, tmp_path, capsys):
-    lines = recipe.read_text().splitlines()
-    assert lines[0] == f"# hftl train {_rel(recipe)}"
-    assert lines[1].endswith(f"-m hftl train {_rel(recipe)}")
+    _check_commands(recipe)
     values = yaml.safe_load(recipe.read_text())
     assert values["model_name_or_path"] == f"google/{recipe.parent.name}"
     model, images = tiny_vit12
@@ -199,11 +201,7 @@ def _plan_states(table: str) -> dict[str, tuple[str, float]]:
 
 @pytest.mark.parametrize("recipe", CLIP_RECIPES, ids=_rel)
 def test_clip_recipe_plans(recipe, tiny_clip_and_images, tmp_path, capsys):
-    lines = recipe.read_text().splitlines()
-    assert lines[0] == f"# hftl train {_rel(recipe)}"
-    assert lines[1].startswith("# accelerate launch --config_file recipes/accelerate/")
-    assert lines[1].endswith(f"-m hftl train {_rel(recipe)}")
-    assert (REPO / lines[1].split("--config_file ")[1].split()[0]).is_file()
+    _check_commands(recipe)
     values = yaml.safe_load(recipe.read_text())
     assert values["task"] == "clip" and values["model_name_or_path"] == "openai/clip-vit-base-patch32"
     assert values["clip_mode"] == recipe.stem.replace("-", "_")

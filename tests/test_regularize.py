@@ -179,6 +179,21 @@ def _topic_rows(n: int) -> list[dict]:
     return rows
 
 
+def _sgd_on_replay(built, steps: int, lr: float) -> list[float]:
+    """Plain SGD on the replay loss alone; the loss of every step."""
+    losses = []
+    for _ in range(steps):
+        loss = built.replay.loss(built.model)
+        loss.backward()
+        with torch.no_grad():
+            for p in built.model.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+                    p.grad = None
+        losses.append(loss.item())
+    return losses
+
+
 def test_replay_learns_the_source_task_beside_the_target_and_saves_the_target_alone(tiny_bert, sentiment_csv, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -195,16 +210,7 @@ def test_replay_learns_the_source_task_beside_the_target_and_saves_the_target_al
     head = {n for n, _ in next(g for g in built.groups if g.is_head).params}
     assert {"hftl_replay_head.weight", "hftl_replay_head.bias"} <= head  # trained as a head, at head_lr
     assert built.replay.labels == ["money", "sport", "tech"] and built.replay.batch_size == 4
-    losses = []
-    for _ in range(30):  # the source loss through the encoder and its own head can be learnt
-        loss = built.replay.loss(built.model)
-        loss.backward()
-        with torch.no_grad():
-            for p in built.model.parameters():
-                if p.grad is not None:
-                    p -= 0.05 * p.grad
-                    p.grad = None
-        losses.append(loss.item())
+    losses = _sgd_on_replay(built, steps=30, lr=0.05)  # the source loss through the encoder and its own head can be learnt
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
     assert main(["train", str(recipe)]) == 0
     saved = load_file(str(out / "model.safetensors"))
@@ -240,16 +246,7 @@ def test_masked_lm_replay_uses_the_checkpoints_mlm_head(tmp_path, sentiment_csv,
     embeddings = built.model.get_input_embeddings().weight
     assert built.replay.head.predictions.decoder.weight is embeddings  # tied to the model's word embeddings
     torch.manual_seed(0)
-    losses = []
-    for _ in range(40):
-        loss = built.replay.loss(built.model)
-        loss.backward()
-        with torch.no_grad():
-            for p in built.model.parameters():
-                if p.grad is not None:
-                    p -= 0.5 * p.grad
-                    p.grad = None
-        losses.append(loss.item())
+    losses = _sgd_on_replay(built, steps=40, lr=0.5)
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8, losses
     assert main(["train", str(recipe)]) == 0
     assert not any("replay" in k for k in load_file(str(out / "model.safetensors")))

@@ -58,8 +58,8 @@ def measure(config: RunConfig, samples: int) -> Measurements:
         m.tokenizer = probe.tokenizer_stats(processor, texts)
         from hftl.tasks.checkpoints import model_source
 
-        scored = probe.masked_lm(model_source(config), config.model.revision, processor, texts[:256],
-                                 config.data.max_length, config.training.device)
+        scored = probe.masked_lm(model_source(config), config.model.revision, config.model.trust_remote_code, processor,
+                                 texts[:256], config.data.max_length, config.training.device)
         m.mlm = {"loss": scored[0], "accuracy": scored[1]} if scored else None
     return m
 

@@ -41,11 +41,10 @@ def run(config: RunConfig, command: str) -> dict:
     encoded = task.encode(config, raw, processor)
     device = config.training.device
     model.to(device).eval()
-    before = task.zero_shot_metrics(config, model, processor, labels, encoded)
     out = Path(config.training.output_dir)
     main_process = config.training.process_index == 0
     if config.transfer.clip_mode == "zero_shot":
-        metrics = dict(before)
+        metrics = task.zero_shot_metrics(config, model, processor, labels, encoded)
         for split in ("validation", "test"):
             if split in encoded and f"zero_shot_{split}_accuracy" not in metrics:
                 metrics[f"zero_shot_{split}_accuracy"] = zero_shot_accuracy(
@@ -53,7 +52,7 @@ def run(config: RunConfig, command: str) -> dict:
                     config.training.per_device_eval_batch_size)
         rows = []
     else:
-        metrics, rows = _linear_probe(config, model, processor, labels, encoded, before)
+        metrics, rows = _linear_probe(config, model, processor, labels, encoded)
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "all_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -65,8 +64,9 @@ def run(config: RunConfig, command: str) -> dict:
     return metrics
 
 
-def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: dict) -> tuple[dict, list]:
-    """Train a linear classifier on cached, normalised image embeddings (zero-shot initialised)."""
+def _linear_probe(config: RunConfig, model, processor, labels, encoded) -> tuple[dict, list]:
+    """Train a linear classifier on cached, normalised image embeddings (zero-shot initialised); the zero-shot
+    accuracy before it comes from the same cached embeddings."""
     from hftl.tasks import clip
     from hftl.trainer import TransferTrainer
 
@@ -76,6 +76,10 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded, before: 
     for split, ds in features.items():
         print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers run once).")
     classes = class_embeddings(model, processor.tokenizer, labels.names, clip.templates(config), device).cpu()
+    split = clip.eval_split(encoded)
+    held = features[split][:]  # every row at once, as tensors
+    predicted = (held["features"] @ classes.T).argmax(-1)
+    before = {f"zero_shot_{split}_accuracy": float((predicted == held["labels"]).float().mean())}
     scale = float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE))
     probe = LinearProbe(classes, scale)
     head = LayerGroup("head", list(probe.named_parameters()))

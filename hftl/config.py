@@ -257,6 +257,10 @@ def fast_defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any
         task = overrides[overrides.index("--task") + 1]
     defaults = dict(TASK_TRAINING_DEFAULTS.get(task, {}))
     given = set(values) | set(override_keys(overrides))
+    if "replay_data" in given:
+        # the source batch runs the encoder a second time, outside DDP's forward: DDP must expect each
+        # parameter's gradient from both uses (a static graph; every step has the same two passes)
+        defaults["ddp_static_graph"] = True
     if not given & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
         defaults["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
     return defaults

@@ -8,7 +8,6 @@ fine-tuned encoder that kept its general features scores as before; one that for
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,9 +62,10 @@ def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
 
 
 def source_batches(config: RunConfig, processor, name: str, samples: int, batch_size: int = 16):
-    """Model-input batches (no labels) of up to `samples` examples of the data set `name`, for the
-    Fisher of EWC: text is tokenised like the task's, images preprocessed like its eval images.
-    Everything is read and checked here, before the first batch: bad data is reported up front."""
+    """Model-input batches (no labels, on the CPU) of up to `samples` examples of the data set `name`, for
+    the Fisher of EWC: text is tokenised like the task's, images preprocessed like its eval images.
+    Everything is read and checked here, before the first batch: bad data is reported up front. Images
+    are decoded batch by batch as the Fisher consumes them, never all at once."""
     from hftl import images
 
     data = config.data
@@ -73,20 +73,18 @@ def source_batches(config: RunConfig, processor, name: str, samples: int, batch_
     loaded = load_splits(DataArgs(dataset=name, text_column=data.text_column, image_column=data.image_column,
                                   split_seed=data.split_seed), read_folder=images.read_folder if is_image else None)
     train = loaded["train"].shuffle(seed=0).select(range(min(samples, len(loaded["train"]))))
-    device = config.training.device
     if is_image:
         from hftl.tasks.image_classification import _PREPROCESS
 
-        base = str(Path(name).resolve().parent) if Path(name).is_file() else None
+        base = images.base_dir(DataArgs(dataset=name))
         train = images.prepare_column(DatasetDict(train=train), DataArgs(image_column=data.image_column), base)
         train = images.check_images(train, data.image_column, data.bad_images)["train"]
         preprocess = _PREPROCESS[processor]
         values = train[data.image_column]
-        return [
-            {"pixel_values": torch.stack([preprocess.to_tensor(preprocess.eval_image(images.decode(v, preprocess.mode)))
-                                          for v in values[start : start + batch_size]]).to(device)}
+        return (
+            {"pixel_values": torch.stack([preprocess.pixels(v, train=False) for v in values[start : start + batch_size]])}
             for start in range(0, len(values), batch_size)
-        ]
+        )
     if data.text_column not in train.column_names:
         raise HftlError(
             f"`{name}` has no `{data.text_column}` column (from `text_column`); its columns are "
@@ -95,6 +93,6 @@ def source_batches(config: RunConfig, processor, name: str, samples: int, batch_
     texts = [t or "" for t in train[data.text_column]]
     return [
         processor(texts[start : start + batch_size], truncation=True, max_length=data.max_length, padding=True,
-                  return_tensors="pt").to(device)
+                  return_tensors="pt")
         for start in range(0, len(texts), batch_size)
     ]

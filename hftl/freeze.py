@@ -32,12 +32,14 @@ class FreezePlan:
     strategy: str  # feature_extraction | partial | full | lora (backbone frozen here; adapters added later)
     unfrozen_groups: int = 0  # partial: top backbone groups that train
     patterns: tuple[str, ...] = ()  # extra regexes (re.search) over parameter names to freeze
+    key: str = "unfrozen_groups"  # the recipe key that set unfrozen_groups, named when it is out of range
+    scope: str = "this model"  # what the groups belong to (a dual encoder's tower)
 
     def group_trains(self, groups: list[LayerGroup]) -> dict[str, bool]:
         n = backbone_size(groups)
         if self.strategy == "partial" and not 0 <= self.unfrozen_groups <= n:
             raise HftlError(
-                f"unfrozen_groups={self.unfrozen_groups} is out of range: this model has {n} backbone groups "
+                f"{self.key}={self.unfrozen_groups} is out of range: {self.scope} has {n} backbone groups "
                 f"(embeddings and {n - 1} blocks). Use a value from 0 (head only) to {n} (everything)."
             )
         trains = {}

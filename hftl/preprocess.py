@@ -134,21 +134,21 @@ class Preprocess:
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy((array * self.scale - self.mean) / self.std)
 
+    def pixels(self, value, train: bool) -> torch.Tensor:
+        """A stored image (path, bytes or PIL) -> the model's input tensor; augmented when `train`."""
+        try:
+            image = decode(value, self.mode)
+        except Exception as err:  # PIL raises many types for unreadable data
+            raise HftlError(
+                f"Image {describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
+            ) from None
+        return self.to_tensor(self.train_image(image) if train else self.eval_image(image))
+
     def transform(self, column: str, train: bool):
         """A `with_transform` function: stored images -> `pixel_values` (and `labels`)."""
 
         def apply(batch: dict) -> dict:
-            pixels = []
-            for value in batch[column]:
-                try:
-                    image = decode(value, self.mode)
-                except Exception as err:
-                    raise HftlError(
-                        f"Image {describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
-                    ) from None
-                image = self.train_image(image) if train else self.eval_image(image)
-                pixels.append(self.to_tensor(image))
-            out = {"pixel_values": pixels}
+            out = {"pixel_values": [self.pixels(value, train) for value in batch[column]]}
             if "labels" in batch:
                 out["labels"] = batch["labels"]
             return out

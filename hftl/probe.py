@@ -177,7 +177,8 @@ def tokenizer_stats(tokenizer, texts: list[str]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def masked_lm(source: str, revision: str, tokenizer, texts: list[str], max_length: int, device, seed: int = 0):
+def masked_lm(source: str, revision: str, trust_remote_code: bool, tokenizer, texts: list[str], max_length: int, device,
+              seed: int = 0):
     """(loss, accuracy) of the checkpoint's own MLM head on 15% masked tokens; None without such a head."""
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
     from transformers.utils import logging as hf_logging
@@ -186,7 +187,8 @@ def masked_lm(source: str, revision: str, tokenizer, texts: list[str], max_lengt
     hf_logging.set_verbosity_error()  # a checkpoint without the head is an expected case, not a warning
     hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(source, revision=revision, output_loading_info=True)
+        model, info = AutoModelForMaskedLM.from_pretrained(source, revision=revision, output_loading_info=True,
+                                                           trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError):
         return None
     finally:

@@ -14,23 +14,31 @@ from hftl.layers import LayerGroup
 
 
 class L2SP:
-    def __init__(self, groups: list[LayerGroup], alpha: float):
+    """alpha/2 * sum ||w - w0||^2 over the trainable backbone; with `weights` (EWC's Fisher), each squared
+    distance is weighed: the penalty is the norm of sqrt(F) * (w - w0), one fused pass per step either way."""
+
+    def __init__(self, groups: list[LayerGroup], alpha: float, weights: list[torch.Tensor] | None = None):
         self.alpha = alpha
         self.params = trainable_backbone(groups)
         self.anchors = [p.detach().clone() for p in self.params]  # the pre-trained point
+        if weights is not None and len(weights) != len(self.params):
+            raise ValueError("one weight tensor per trainable backbone parameter")
+        self.roots = None if weights is None else [w.sqrt() for w in weights]  # taken once, not every step
 
     def penalty(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())
         if self.anchors[0].device != self.params[0].device:  # the Trainer moved the model after we snapshot
             self.anchors = [a.to(p.device) for a, p in zip(self.anchors, self.params)]
+            self.roots = None if self.roots is None else [r.to(p.device) for r, p in zip(self.roots, self.params)]
         diffs = torch._foreach_sub(self.params, self.anchors)
+        if self.roots is not None:
+            torch._foreach_mul_(diffs, self.roots)
         norms = torch._foreach_norm(diffs)
         return 0.5 * self.alpha * torch.stack([n.float() ** 2 for n in norms]).sum()
 
 
-
-class EWC:
+class EWC(L2SP):
     """Elastic weight consolidation: lambda/2 * sum_i F_i (w_i - w*_i)^2 over trainable backbone weights.
 
     F is a diagonal Fisher estimated at the pre-trained point w* on `ewc_data`. The encoders hftl
@@ -43,22 +51,7 @@ class EWC:
     """
 
     def __init__(self, groups: list[LayerGroup], lam: float, fisher: list[torch.Tensor]):
-        self.lam = lam
-        self.params = trainable_backbone(groups)
-        if len(fisher) != len(self.params):
-            raise ValueError("one Fisher tensor per trainable backbone parameter")
-        self.fisher = fisher
-        self.anchors = [p.detach().clone() for p in self.params]
-
-    def penalty(self) -> torch.Tensor:
-        if not self.params:
-            return torch.zeros(())
-        if self.anchors[0].device != self.params[0].device:
-            self.anchors = [a.to(p.device) for a, p in zip(self.anchors, self.params)]
-            self.fisher = [f.to(p.device) for f, p in zip(self.fisher, self.params)]
-        diffs = torch._foreach_sub(self.params, self.anchors)  # one fused pass per step, as in L2SP
-        weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), self.fisher)
-        return 0.5 * self.lam * torch.stack([w.float().sum() for w in weighted]).sum()
+        super().__init__(groups, lam, weights=fisher)
 
 
 def trainable_backbone(groups: list[LayerGroup]) -> list[torch.nn.Parameter]:
@@ -85,8 +78,9 @@ def embedding_fisher(encoder, params: list[torch.nn.Parameter], batches, seed: i
     encoder.eval()  # no dropout: the Fisher of the function that is kept
     count = 0
     try:
+        device = params[0].device
         for batch in batches:
-            pooled = mean_pooled(encoder, batch).float()
+            pooled = mean_pooled(encoder, {k: v.to(device) for k, v in batch.items()}).float()
             v = torch.randn(pooled.shape, generator=generator).to(pooled.device)
             grads = torch.autograd.grad((pooled * v).sum(), params, allow_unused=True)
             for f, g in zip(fisher, grads):

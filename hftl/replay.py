@@ -22,6 +22,7 @@ import copy
 import dataclasses
 
 import torch
+from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -48,7 +49,7 @@ class Replay:
         self._epoch = 0
         if config.transfer.task == "text-classification" and not _has_column(source, config.data.label_column):
             self.kind = "mlm"
-            self._masked_lm(config, source, processor, model)
+            self._masked_lm(config, source, task, processor, model)
             return
         self.kind = "labelled"
         try:
@@ -66,7 +67,7 @@ class Replay:
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * 0.02)
             self.head.bias.zero_()
 
-    def _masked_lm(self, config: RunConfig, source: RunConfig, processor, model: nn.Module) -> None:
+    def _masked_lm(self, config: RunConfig, source: RunConfig, task, processor, model: nn.Module) -> None:
         """Unlabelled text: the checkpoint's own MLM head, its decoder tied to the model's word embeddings."""
         from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
@@ -75,7 +76,8 @@ class Replay:
         name = config.transfer.replay_data
         path = model_source(config)
         try:
-            mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, revision=config.model.revision)
+            mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, revision=config.model.revision,
+                                                           trust_remote_code=config.model.trust_remote_code)
         except (OSError, ValueError, KeyError):
             info = None
         if info is None or info["missing_keys"]:
@@ -90,9 +92,8 @@ class Replay:
                 f"replay_data `{name}` has no `{config.data.text_column}` column (from `text_column`); its columns are "
                 f"{', '.join(raw.column_names)}."
             )
-        limit = min(config.data.max_length, getattr(processor, "model_max_length", None) or config.data.max_length)
-        texts = [t or "" for t in raw[config.data.text_column]]
-        self.train = [{"input_ids": ids} for ids in processor(texts, truncation=True, max_length=limit)["input_ids"]]
+        source.data = dataclasses.replace(source.data, text_pair_column=None)  # plain text: one sequence each
+        self.train = task.encode(source, DatasetDict(train=raw.select_columns([config.data.text_column])), processor)["train"]
         self.collator = DataCollatorForLanguageModeling(processor, mlm_probability=0.15)
         self.head = next(m for n, m in mlm.named_children() if n != mlm.base_model_prefix)
         decoder = mlm.get_output_embeddings()
@@ -127,8 +128,8 @@ class Replay:
         inputs = {k: v.to(device) for k, v in batch.items()}
         if self.kind == "mlm":
             hidden = model.base_model(**inputs).last_hidden_state
-            logits = head(hidden)
-            return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1), ignore_index=-100)
+            masked = labels != -100  # only the ~15% masked tokens go through the vocabulary-sized decoder
+            return nn.functional.cross_entropy(head(hidden[masked]).float(), labels[masked])
         pooled = mean_pooled(model.base_model, inputs)
         return nn.functional.cross_entropy(head(pooled.to(weight.dtype)), labels)
 

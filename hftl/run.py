@@ -321,10 +321,6 @@ def _regularizer(config: RunConfig, built: Built):
 def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap, regularizer=None):
     from hftl.trainer import TransferTrainer
 
-    if built.replay is not None and config.training.ddp_static_graph is None:
-        # the source batch runs the encoder a second time, outside DDP's forward: DDP must expect each
-        # parameter's gradient from both uses (a static graph; every step has the same two passes)
-        config.training.ddp_static_graph = True
     t = config.transfer
 
     return TransferTrainer(

@@ -11,9 +11,8 @@ decay. `freeze` patterns apply on top, over both towers (e.g. `^logit_scale$` to
 from __future__ import annotations
 
 from hftl.config import RunConfig
-from hftl.errors import HftlError
 from hftl.freeze import FreezePlan
-from hftl.layers import LOGIT_SCALE, LayerGroup, backbone_size
+from hftl.layers import LOGIT_SCALE, LayerGroup
 from hftl.optim import group_lrs
 
 TOWER_NAMES = ("text", "vision")
@@ -36,15 +35,9 @@ def apply_plan(config: RunConfig, groups: list[LayerGroup]) -> tuple[dict[str, b
     for tower in TOWER_NAMES:
         mine = [g for g in groups if g.tower == tower]
         strategy, unfrozen = setting(config, tower, "strategy"), setting(config, tower, "unfrozen_groups")
-        n = backbone_size(mine)
-        if strategy == "partial" and not 0 <= unfrozen <= n:
-            own = getattr(config.transfer, f"{tower}_unfrozen_groups", None) is not None
-            key = f"{tower}_unfrozen_groups" if own else "unfrozen_groups"
-            raise HftlError(
-                f"{key}={unfrozen} is out of range for the {tower} tower: it has {n} backbone groups (embeddings and "
-                f"{n - 1} blocks). Use a value from 0 (its head only) to {n} (all of it)."
-            )
-        plan = FreezePlan(strategy, unfrozen)
+        own = getattr(config.transfer, f"{tower}_unfrozen_groups", None) is not None
+        key = f"{tower}_unfrozen_groups" if own else "unfrozen_groups"
+        plan = FreezePlan(strategy, unfrozen, key=key, scope=f"the {tower} tower")
         state.update(plan.apply(mine))
         lrs.update(group_lrs(mine, setting(config, tower, "learning_rate"), setting(config, tower, "layer_decay"),
                              config.transfer.head_lr))

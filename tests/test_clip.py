@@ -618,6 +618,9 @@ def test_linear_probe_mode(tiny_clip, colours, tmp_path):
     assert probe["weight"].shape == (3, 16) and probe["bias"].shape == (3,)
     assert (out / "README.md").is_file() and (out / "trainer_state.json").is_file()
     assert not (out / "model.safetensors").exists()  # the towers are not saved again: they did not change
+    zero_shot = tmp_path / "zero-shot"  # the probe's "before" comes from its cached embeddings: the same figure
+    _train("train", str(recipe), "--clip_mode", "zero_shot", "--output_dir", str(zero_shot))
+    assert results["zero_shot_test_accuracy"] == pytest.approx(_results(zero_shot)["zero_shot_test_accuracy"])
 
     from PIL import Image
 

@@ -151,16 +151,7 @@ def encode(config: RunConfig, raw: DatasetDict, processor) -> DatasetDict:
 
 def _transform(preprocess, image_column, caption_column, names, prompts, augment, random_prompt):
     def apply(batch: dict) -> dict:
-        pixels = []
-        for value in batch[image_column]:
-            try:
-                image = images.decode(value, preprocess.mode)
-            except Exception as err:
-                raise HftlError(
-                    f"Image {images.describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
-                ) from None
-            pixels.append(preprocess.to_tensor(preprocess.train_image(image) if augment else preprocess.eval_image(image)))
-        out = {"pixel_values": pixels}
+        out = {"pixel_values": [preprocess.pixels(value, augment) for value in batch[image_column]]}
         if caption_column is not None:
             out["caption"] = [str(c) for c in batch[caption_column]]
         else:

@@ -45,8 +45,8 @@ def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
     """Steps/s of hftl's layer-wise `full` vs the plain Trainer's single-lr optimizer."""
     from transformers import AutoModelForSequenceClassification, Trainer
 
-    from hftl import run
-    from hftl.trainer import TransferTrainer
+    from hftl.commands import train as run
+    from hftl.engine.trainer import TransferTrainer
 
     cfg = _config(tmp, "--strategy", "full", "--max_steps", str(steps + 2), "--eval_strategy", "no",
                   "--train_sampling_strategy", "random")
@@ -80,7 +80,7 @@ def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
 def cache_vs_none(tmp: str, epochs: int, repeats: int, recipe: Path = DEMO, extra: tuple[str, ...] = (),
                   what: str = "builtin:bbc-news (1,530 train / 426 test)") -> list[str]:
     """Epoch time after the first and held-out accuracy, feature extraction with and without the cache."""
-    from hftl import run
+    from hftl.commands import train as run
 
     accuracy: dict[str, list[float]] = {"off": [], "auto": []}
     totals: dict[str, list[float]] = {"off": [], "auto": []}
@@ -113,8 +113,8 @@ def cache_vs_none(tmp: str, epochs: int, repeats: int, recipe: Path = DEMO, extr
 
 def dynamic_vs_max_length(tmp: str, samples: int, repeats: int, max_length: int) -> list[str]:
     """Training samples/s on variable-length reviews: hftl's defaults vs pad-to-max_length."""
-    from hftl import run
-    from hftl.trainer import TransferTrainer
+    from hftl.commands import train as run
+    from hftl.engine.trainer import TransferTrainer
 
     common = ["--dataset", "builtin:fine-foods", "--max_length", str(max_length), "--max_train_samples", str(samples),
               "--num_train_epochs", "1", "--eval_strategy", "no"]

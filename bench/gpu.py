@@ -157,10 +157,10 @@ def _settings(strategy: str, unfrozen: int, lr: float):
 
 
 def hftl_assignment(model, strategy: str, unfrozen: int, lr: float):
-    from hftl import towers
-    from hftl.freeze import FreezePlan, set_frozen_eval
-    from hftl.layers import is_dual_encoder, layer_groups
-    from hftl.optim import assign, group_lrs
+    from hftl.engine import towers
+    from hftl.engine.freeze import FreezePlan, set_frozen_eval
+    from hftl.engine.layers import is_dual_encoder, layer_groups
+    from hftl.engine.optim import assign, group_lrs
 
     groups = layer_groups(model)
     if is_dual_encoder(model):
@@ -173,7 +173,7 @@ def hftl_assignment(model, strategy: str, unfrozen: int, lr: float):
 
 
 def run_case(case: Case, args, tmp: str) -> list[list[str]]:
-    from hftl.trainer import TransferTrainer
+    from hftl.engine.trainer import TransferTrainer
 
     gpu = torch.cuda.is_available() and not args.tiny
     steps = args.steps

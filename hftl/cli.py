@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
-    from hftl import run
-    from hftl.card import reproduce_command
+    from hftl.commands import train as run
+    from hftl.commands.card import reproduce_command
     from hftl.config import load_config
 
     if command == "wise-ft":
-        from hftl import wise_ft
+        from hftl.commands import wise_ft
 
         alphas = _take(overrides, "--alphas")
         fine_tuned = _take(overrides, "--fine_tuned")
@@ -72,14 +72,14 @@ def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
         wise_ft.run(config, wise_ft.parse_alphas(alphas) if alphas else list(wise_ft.DEFAULT_ALPHAS), fine_tuned)
         return 0
     if command == "advise":
-        from hftl import advise
+        from hftl.commands import advise
 
         out, samples, force = _take(overrides, "--out"), _take(overrides, "--probe_samples"), _flag(overrides, "--force")
         config = load_config(recipe or None, overrides)
         advise.run(config, recipe or None, overrides, out, _int("--probe_samples", samples, 1000), force)
         return 0
     if command == "sweep":
-        from hftl import sweep
+        from hftl.commands import sweep
 
         options = sweep.Options(
             strategies=sweep.parse_strategies(_take(overrides, "--strategies")),

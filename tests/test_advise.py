@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
-from hftl import advise, guide, probe
+from hftl.commands import advise
+from hftl.advice import guide
+from hftl.advice import probe
 from hftl.errors import HftlError
 from hftl.cli import main
 from hftl.config import load_config

@@ -157,7 +157,7 @@ def _load(folder: Path):
 @pytest.mark.parametrize("which", ["clip", "dual"])
 def test_tiny_checkpoints_load_as_the_task_loads_them(which, models, tmp_path):
     from hftl.config import load_config
-    from hftl.layers import is_dual_encoder
+    from hftl.engine.layers import is_dual_encoder
     from hftl.tasks import clip
     from hftl.tasks.classification import Labels
 
@@ -202,7 +202,7 @@ HEADS = {
 
 @pytest.mark.parametrize("which", ["clip", "dual"])
 def test_tower_layer_groups(which, models):
-    from hftl.layers import layer_groups
+    from hftl.engine.layers import layer_groups
 
     model, _ = _load(models[which])
     groups = layer_groups(model)
@@ -240,7 +240,7 @@ EXPECTED_TRAINS = {g: g not in ("vision.embeddings", "vision.layer.0") for g in 
 @pytest.mark.parametrize("which", ["clip", "dual"])
 def test_tower_freeze_plan_and_lrs_through_build(which, models, colours, tmp_path):
     from hftl.config import load_config
-    from hftl.run import build
+    from hftl.commands.train import build
 
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(models[which]), dataset=str(colours),
                      output_dir=str(tmp_path / "out"), **TOWER_PLAN)
@@ -266,7 +266,7 @@ def test_tower_freeze_plan_and_lrs_through_build(which, models, colours, tmp_pat
 
 def test_tower_settings_fall_back_to_the_recipe_wide_ones(tiny_clip, colours, tmp_path):
     from hftl.config import load_config
-    from hftl.run import build
+    from hftl.commands.train import build
 
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), output_dir=str(tmp_path / "o"),
                      strategy="partial", unfrozen_groups=2, learning_rate=1e-3, layer_decay=0.5, vision_strategy="feature_extraction")
@@ -286,7 +286,7 @@ def test_frozen_tower_parts_do_not_move_in_training(tiny_clip, colours, tmp_path
     logit_scale change; everything else is bit-for-bit the checkpoint's."""
     from safetensors.torch import load_file
 
-    from hftl.layers import layer_groups
+    from hftl.engine.layers import layer_groups
 
     out = tmp_path / "run"
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), output_dir=str(out),
@@ -462,7 +462,7 @@ class _ChannelModel(nn.Module):
 def test_zero_shot_accuracy_with_a_known_answer(tiny_clip):
     from transformers import AutoProcessor
 
-    from hftl.zero_shot import class_embeddings, zero_shot_accuracy
+    from hftl.tasks.zero_shot import class_embeddings, zero_shot_accuracy
 
     processor = AutoProcessor.from_pretrained(tiny_clip)
     model = _ChannelModel(processor.tokenizer).train()
@@ -483,7 +483,7 @@ def test_zero_shot_accuracy_with_a_known_answer(tiny_clip):
 
 @pytest.mark.parametrize("which", ["clip", "dual"])
 def test_class_embeddings_average_the_normalised_template_embeddings(which, models):
-    from hftl.zero_shot import class_embeddings
+    from hftl.tasks.zero_shot import class_embeddings
 
     model, processor = _load(models[which])
     prompts = ["a {label} image", "a photo of the {label} sky", "{label}"]
@@ -589,7 +589,7 @@ def test_zero_shot_mode_evaluates_and_trains_nothing(trained_dual, tiny_dual, co
 
 
 def test_linear_probe_starts_at_zero_shot():
-    from hftl.clip_modes import LinearProbe
+    from hftl.commands.clip_eval import LinearProbe
 
     g = torch.Generator().manual_seed(0)
     classes = nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
@@ -640,7 +640,7 @@ def test_linear_probe_mode(tiny_clip, colours, tmp_path):
 def test_interpolate_endpoints_and_midpoint(tiny_dual, tmp_path):
     from transformers import AutoModel
 
-    from hftl.wise_ft import interpolate
+    from hftl.commands.wise_ft import interpolate
 
     a = AutoModel.from_pretrained(tiny_dual).state_dict()
     b = AutoModel.from_pretrained(make_tiny_dual(tmp_path / "other", seed=7)).state_dict()
@@ -665,7 +665,7 @@ def test_interpolate_refuses_mismatched_checkpoints(tiny_dual, tmp_path):
     from transformers import AutoModel
 
     from hftl.errors import HftlError
-    from hftl.wise_ft import interpolate
+    from hftl.commands.wise_ft import interpolate
 
     a = AutoModel.from_pretrained(tiny_dual).state_dict()
     wide = AutoModel.from_pretrained(make_tiny_dual(tmp_path / "p8", projection_dim=8)).state_dict()
@@ -925,7 +925,7 @@ def test_two_process_ddp_with_and_without_gathered_features(tmp_path):
     from test_images import _launch
 
     from hftl.config import load_config
-    from hftl.run import build
+    from hftl.commands.train import build
     from hftl.tasks import clip
 
     tiny = make_tiny_clip(tmp_path / "clip")

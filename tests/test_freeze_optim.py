@@ -8,12 +8,12 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from conftest import write_recipe
-from hftl import run
+from hftl.commands import train as run
 from hftl.config import load_config
 from hftl.errors import HftlError
-from hftl.freeze import FreezePlan
-from hftl.layers import layer_groups
-from hftl.optim import assign, group_lrs, no_decay, param_groups
+from hftl.engine.freeze import FreezePlan
+from hftl.engine.layers import layer_groups
+from hftl.engine.optim import assign, group_lrs, no_decay, param_groups
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_result_does_not_depend_on_earlier_plan(tiny_bert, earlier):
 
 def test_transfer_trainer_optimizer_carries_the_plan(tiny_bert, sentiment_csv, tmp_path):
     """Build as `hftl train` does, train two steps, and read the lrs back from the real optimizer."""
-    from hftl.trainer import TransferTrainer
+    from hftl.engine.trainer import TransferTrainer
 
     recipe = write_recipe(
         tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
@@ -284,7 +284,7 @@ def _dropout_modes(model) -> dict[str, bool]:
 def test_frozen_modules_stay_in_eval_mode_under_train(bert, groups):
     import copy
 
-    from hftl.freeze import set_frozen_eval
+    from hftl.engine.freeze import set_frozen_eval
 
     FreezePlan("partial", unfrozen_groups=1).apply(groups)
     pinned = set_frozen_eval(bert)
@@ -307,7 +307,7 @@ def test_frozen_modules_stay_in_eval_mode_under_train(bert, groups):
 
 
 def test_frozen_eval_is_undone_by_a_new_plan_and_can_be_off(bert, groups):
-    from hftl.freeze import set_frozen_eval
+    from hftl.engine.freeze import set_frozen_eval
 
     FreezePlan("feature_extraction").apply(groups)
     assert set_frozen_eval(bert)

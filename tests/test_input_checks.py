@@ -102,7 +102,7 @@ def test_help_after_the_recipe_lists_the_keys(recipe, capsys):
 def test_mpnet_relative_bias_is_input_side():
     from transformers import AutoModelForSequenceClassification, MPNetConfig
 
-    from hftl.layers import layer_groups
+    from hftl.engine.layers import layer_groups
 
     model = AutoModelForSequenceClassification.from_config(
         MPNetConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -113,7 +113,7 @@ def test_mpnet_relative_bias_is_input_side():
 
 
 def test_reproduce_command_names_the_launcher_under_distributed(monkeypatch):
-    from hftl.card import reproduce_command
+    from hftl.commands.card import reproduce_command
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     command = reproduce_command("r.yaml", ["--hub_token", "hf_secret", "--seed", "1"])
@@ -122,7 +122,7 @@ def test_reproduce_command_names_the_launcher_under_distributed(monkeypatch):
 
 
 def test_resume_true_skips_a_checkpoint_left_half_written(tmp_path, capsys):
-    from hftl.run import _last_complete_checkpoint
+    from hftl.commands.train import _last_complete_checkpoint
 
     done = tmp_path / "checkpoint-10"
     done.mkdir()

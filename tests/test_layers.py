@@ -18,10 +18,10 @@ from transformers import (
 )
 
 from conftest import write_recipe
-from hftl import layers
+from hftl.engine import layers
 from hftl.cli import main
 from hftl.errors import HftlError
-from hftl.layers import layer_groups
+from hftl.engine.layers import layer_groups
 
 GROUP_NAMES = ["embeddings", "layer.0", "layer.1", "head"]
 

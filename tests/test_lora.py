@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from conftest import write_recipe
-from hftl import run
+from hftl.commands import train as run
 from hftl.cli import main
 from hftl.config import load_config
 

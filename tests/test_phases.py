@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
 from conftest import make_tiny_model, sentiment_rows, write_csv, write_recipe
-from hftl import run
+from hftl.commands import train as run
 from hftl.cli import main
 from hftl.config import load_config
 from hftl.errors import HftlError
-from hftl.layers import LayerGroup
-from hftl.phases import Phase, phase_at, schedule
+from hftl.engine.layers import LayerGroup
+from hftl.engine.phases import Phase, phase_at, schedule
 from test_ddp import _launch
 
 KEYS = {  # one tensor per group of the tiny 3-block BERT

@@ -10,9 +10,9 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from conftest import write_recipe
 from hftl.cli import main
-from hftl.freeze import FreezePlan
-from hftl.layers import layer_groups
-from hftl.regularize import L2SP
+from hftl.engine.freeze import FreezePlan
+from hftl.engine.layers import layer_groups
+from hftl.forgetting.penalties import L2SP
 
 
 def test_l2sp_penalty_is_zero_at_the_pretrained_point_and_matches_by_hand(tiny_bert):
@@ -102,7 +102,7 @@ def _tiny_full(tiny_bert):
 
 
 def test_ewc_penalty_is_zero_at_the_pretrained_point_and_matches_by_hand(tiny_bert):
-    from hftl.regularize import EWC, trainable_backbone
+    from hftl.forgetting.penalties import EWC, trainable_backbone
 
     model, groups = _tiny_full(tiny_bert)
     params = trainable_backbone(groups)
@@ -122,7 +122,8 @@ def test_embedding_fisher_estimates_the_exact_diagonal(tiny_bert):
     """Random projections average to sum_k (df_k/dw)^2, computed exactly here one output at a time."""
     from transformers import AutoTokenizer
 
-    from hftl.regularize import embedding_fisher, mean_pooled, trainable_backbone
+    from hftl.engine.pooling import mean_pooled
+    from hftl.forgetting.penalties import embedding_fisher, trainable_backbone
 
     model, groups = _tiny_full(tiny_bert)
     params = trainable_backbone(groups)
@@ -198,7 +199,7 @@ def test_replay_learns_the_source_task_beside_the_target_and_saves_the_target_al
     from safetensors.torch import load_file
 
     from conftest import write_csv
-    from hftl import run
+    from hftl.commands import train as run
     from hftl.config import load_config
 
     source = write_csv(tmp_path / "topics.csv", _topic_rows(60))
@@ -229,7 +230,7 @@ def test_masked_lm_replay_uses_the_checkpoints_mlm_head(tmp_path, sentiment_csv,
     from transformers import AutoModelForMaskedLM
 
     from conftest import make_tiny_model, write_csv
-    from hftl import run
+    from hftl.commands import train as run
     from hftl.config import load_config
 
     folder = make_tiny_model("bert", tmp_path / "bert-mlm")

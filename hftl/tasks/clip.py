@@ -28,16 +28,16 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl import images
-from hftl.preprocess import Preprocess
+from hftl.data import images
+from hftl.data.preprocess import Preprocess
 from hftl.config import DEFAULT_PROMPT, RunConfig
-from hftl.data import load_splits
+from hftl.data.sources import load_splits
 from hftl.errors import HftlError
-from hftl.layers import is_dual_encoder
+from hftl.engine.layers import is_dual_encoder
 from hftl.tasks import checkpoints
 from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
 from hftl.tasks.classification import Labels, labelled
-from hftl.zero_shot import zero_shot_accuracy
+from hftl.tasks.zero_shot import zero_shot_accuracy
 
 PIPELINE_TASK = "zero-shot-image-classification"
 CACHEABLE = False

@@ -16,10 +16,10 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
-from hftl import images
-from hftl.preprocess import Preprocess, set_image_size
+from hftl.data import images
+from hftl.data.preprocess import Preprocess, set_image_size
 from hftl.config import RunConfig
-from hftl.data import load_splits
+from hftl.data.sources import load_splits
 from hftl.errors import HftlError, first_line
 from hftl.tasks import checkpoints
 from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)

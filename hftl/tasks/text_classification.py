@@ -11,7 +11,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hftl.config import RunConfig
-from hftl.data import load_splits
+from hftl.data.sources import load_splits
 from hftl.errors import HftlError
 from hftl.tasks import checkpoints
 from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)

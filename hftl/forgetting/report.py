@@ -14,9 +14,9 @@ import torch
 from datasets import DatasetDict
 
 from hftl.config import DataArgs, RunConfig
-from hftl.data import load_splits
+from hftl.data.sources import load_splits
 from hftl.errors import HftlError
-from hftl.regularize import mean_pooled
+from hftl.engine.pooling import mean_pooled
 
 K = 5  # neighbours that vote
 
@@ -66,7 +66,7 @@ def source_batches(config: RunConfig, processor, name: str, samples: int, batch_
     the Fisher of EWC: text is tokenised like the task's, images preprocessed like its eval images.
     Everything is read and checked here, before the first batch: bad data is reported up front. Images
     are decoded batch by batch as the Fisher consumes them, never all at once."""
-    from hftl import images
+    from hftl.data import images
 
     data = config.data
     is_image = config.transfer.task == "image-classification"

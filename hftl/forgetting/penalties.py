@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from hftl.layers import LayerGroup
+from hftl.engine.layers import LayerGroup
+from hftl.engine.pooling import mean_pooled
 
 
 class L2SP:
@@ -56,18 +57,6 @@ class EWC(L2SP):
 
 def trainable_backbone(groups: list[LayerGroup]) -> list[torch.nn.Parameter]:
     return [p for g in groups if not g.is_head for _, p in g.params if p.requires_grad]
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the sequence of (batch, tokens, dim), padding excluded; every token when there is no mask (images)."""
-    if mask is None:
-        return hidden.mean(1)
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-def mean_pooled(encoder, batch: dict) -> torch.Tensor:
-    return masked_mean(encoder(**batch).last_hidden_state, batch.get("attention_mask"))
 
 
 def embedding_fisher(encoder, params: list[torch.nn.Parameter], batches, seed: int = 0) -> list[torch.Tensor]:

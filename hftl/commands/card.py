@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from hftl import builtin
+from hftl.data import builtin
 from hftl.config import RunConfig, split_tokens
-from hftl.plan import PlanRow, markdown
+from hftl.engine.plan import PlanRow, markdown
 
 STRATEGY_TEXT = {
     "feature_extraction": "feature extraction: the pre-trained backbone is frozen and only the new head trains",
@@ -77,7 +77,7 @@ def _rates(config: RunConfig) -> str:
     head = t.head_lr if t.head_lr is not None else lr
     if t.task != "clip":
         return f"base {lr:g}, layer_decay {t.layer_decay:g}, head {head:g}"
-    from hftl.towers import setting
+    from hftl.engine.towers import setting
 
     towers = "; ".join(
         f"{tower} tower {setting(config, tower, 'strategy')}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, DatasetDict, Value
 
-from hftl import builtin
+from hftl.data import builtin
 from hftl.config import DataArgs
 from hftl.errors import HftlError, first_line
 

@@ -136,8 +136,8 @@ def _run_in_process(recipe: str, overrides: list[str]) -> tuple[int, str]:
     sweep instead (sweep.json keeps what finished; `--resume` goes on). `--launcher` isolates crashes."""
     import torch
 
-    from hftl import run
-    from hftl.card import reproduce_command
+    from hftl.commands import train as run
+    from hftl.commands.card import reproduce_command
     from hftl.config import load_config
 
     try:

@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from hftl.optim import Assignment, clean_name, param_groups
+from hftl.engine.optim import Assignment, clean_name, param_groups
 
 
 class TransferTrainer(Trainer):

@@ -11,9 +11,9 @@ decay. `freeze` patterns apply on top, over both towers (e.g. `^logit_scale$` to
 from __future__ import annotations
 
 from hftl.config import RunConfig
-from hftl.freeze import FreezePlan
-from hftl.layers import LOGIT_SCALE, LayerGroup
-from hftl.optim import group_lrs
+from hftl.engine.freeze import FreezePlan
+from hftl.engine.layers import LOGIT_SCALE, LayerGroup
+from hftl.engine.optim import group_lrs
 
 TOWER_NAMES = ("text", "vision")
 

@@ -15,18 +15,18 @@ from pathlib import Path
 
 from transformers import EarlyStoppingCallback, default_data_collator, set_seed
 
-from hftl import card
+from hftl.commands import card
 from hftl.config import RunConfig, check_output_dir, write_resolved
 from hftl.errors import HftlError
-from hftl.features import BackboneSwap, cached_splits, should_cache
-from hftl.forgetting import knn_accuracy
-from hftl.freeze import FreezePlan, set_frozen_eval
-from hftl import towers
-from hftl.layers import LayerGroup, is_dual_encoder, layer_groups
-from hftl.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
-from hftl.optim import Assignment, assign, group_lrs
-from hftl.regularize import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
-from hftl.plan import PlanRow, plan_rows, text_table, write_plan
+from hftl.engine.features import BackboneSwap, cached_splits, should_cache
+from hftl.forgetting.report import knn_accuracy
+from hftl.engine.freeze import FreezePlan, set_frozen_eval
+from hftl.engine import towers
+from hftl.engine.layers import LayerGroup, is_dual_encoder, layer_groups
+from hftl.engine.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
+from hftl.engine.optim import Assignment, assign, group_lrs
+from hftl.forgetting.penalties import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
+from hftl.engine.plan import PlanRow, plan_rows, text_table, write_plan
 from hftl.tasks import get_task
 
 
@@ -55,7 +55,7 @@ def build(config: RunConfig) -> Built:
     model, processor = task.build_model(config, labels)
     replay = None
     if config.transfer.replay_data:
-        from hftl.replay import Replay
+        from hftl.forgetting.replay import Replay
 
         replay = Replay(config, task, processor, model)
         replay.attach(model)  # a head like the target's: in the head group, trained at head_lr
@@ -67,7 +67,7 @@ def build(config: RunConfig) -> Built:
         state = plan.apply(groups)
         lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
     if config.transfer.strategy == "lora":
-        from hftl import lora
+        from hftl.engine import lora
 
         model = lora.wrap(model, config, groups)
         groups = layer_groups(model.get_base_model())  # adapters land in their block's group
@@ -204,9 +204,9 @@ def _inputs(config: RunConfig, built: Built, encoded, cache: bool):
 
 def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
     if config.transfer.task == "clip" and config.transfer.clip_mode != "contrastive":
-        from hftl import clip_modes
+        from hftl.commands import clip_eval
 
-        return clip_modes.run(config, command)
+        return clip_eval.run(config, command)
     _preflight(config)
     _reset_peak_memory(config.training.device)
     built = build(config)
@@ -284,7 +284,7 @@ def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -
     trainer.save_model()
     main_process = args.process_index == 0
     if config.transfer.strategy == "lora" and main_process:
-        from hftl import lora
+        from hftl.engine import lora
 
         lora.save_for_inference(built.model, args.output_dir, config.transfer.merge_lora, built.processor)
     trainer.log_metrics("final", metrics)
@@ -303,7 +303,7 @@ def _regularizer(config: RunConfig, built: Built):
     if t.l2_sp:
         parts.append(L2SP(built.groups, t.l2_sp))
     if t.ewc:
-        from hftl.forgetting import source_batches
+        from hftl.forgetting.report import source_batches
 
         model = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
         params = trainable_backbone(built.groups)
@@ -319,7 +319,7 @@ def _regularizer(config: RunConfig, built: Built):
 
 
 def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap, regularizer=None):
-    from hftl.trainer import TransferTrainer
+    from hftl.engine.trainer import TransferTrainer
 
     t = config.transfer
 

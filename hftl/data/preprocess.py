@@ -16,7 +16,7 @@ from PIL import Image
 
 from hftl.config import DataArgs
 from hftl.errors import HftlError
-from hftl.images import decode, describe
+from hftl.data.images import decode, describe
 
 
 def _size(spec) -> tuple[str, tuple[int, int] | int]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from hftl.config import RunConfig
 from hftl.errors import HftlError
-from hftl.layers import LayerGroup, find_blocks
+from hftl.engine.layers import LayerGroup, find_blocks
 
 FEATURES = "inputs_embeds"
 

@@ -14,18 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from hftl import card, metrics
+from hftl import metrics
+from hftl.commands import card
 from hftl.config import RunConfig, write_resolved
 from hftl.errors import HftlError
-from hftl.layers import LayerGroup
-from hftl.optim import assign
-from hftl.plan import plan_rows
+from hftl.engine.layers import LayerGroup
+from hftl.engine.optim import assign
+from hftl.engine.plan import plan_rows
 from hftl.tasks.classification import Labels
-from hftl.zero_shot import class_embeddings, image_embeddings, zero_shot_accuracy
+from hftl.tasks.zero_shot import class_embeddings, image_embeddings, zero_shot_accuracy
 
 
 def run(config: RunConfig, command: str) -> dict:
-    from hftl import run as engine
+    from hftl.commands import train as engine
     from hftl.tasks import clip
 
     engine._preflight(config)
@@ -68,7 +69,7 @@ def _linear_probe(config: RunConfig, model, processor, labels, encoded) -> tuple
     """Train a linear classifier on cached, normalised image embeddings (zero-shot initialised); the zero-shot
     accuracy before it comes from the same cached embeddings."""
     from hftl.tasks import clip
-    from hftl.trainer import TransferTrainer
+    from hftl.engine.trainer import TransferTrainer
 
     args = config.training
     device = args.device

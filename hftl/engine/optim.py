@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hftl.layers import LayerGroup, backbone_size
+from hftl.engine.layers import LayerGroup, backbone_size
 
 # Parameters that are positions or special tokens, not weights to shrink toward zero.
 NO_DECAY_NAMES = frozenset(

@@ -62,7 +62,7 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
     from transformers import AutoModel
 
     from hftl.tasks import clip
-    from hftl.zero_shot import zero_shot_accuracy
+    from hftl.tasks.zero_shot import zero_shot_accuracy
 
     if config.transfer.task != "clip":
         raise HftlError(f"hftl wise-ft interpolates dual encoders (task clip); this recipe's task is `{config.transfer.task}`.")

@@ -21,7 +21,7 @@ from datasets import Dataset, DatasetDict
 
 from hftl.config import RunConfig
 from hftl.errors import HftlError
-from hftl.regularize import masked_mean
+from hftl.engine.pooling import masked_mean
 
 MIN_PER_CLASS = 2  # a cross-validated probe fits on one example of a class and scores on another
 FOLDS = 5

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hftl import probe
+from hftl.advice import probe
 
 FEW, MANY = 100, 10_000  # the guide's thresholds on labelled training examples
 CLOSE_LIFT, FAR_LIFT = 0.5, 0.25  # probe lift (0 chance, 1 perfect) above which features fit, below which they do not

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hftl.errors import HftlError
-from hftl.layers import LayerGroup, backbone_size
+from hftl.engine.layers import LayerGroup, backbone_size
 
 
 # Parameters only pre-training uses (DINOv2/ViT-MAE's mask token): never trained, whatever the plan, so

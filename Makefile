@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting advise sweep test test-fast bench env clean
+.PHONY: readme-keys demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting advise sweep test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,14 @@ demo: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --overwrite_output_dir true
 
 demo-scratch: $(STAMP)
-	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --from_scratch true \
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/text-classification.yaml --from_scratch true --strategy full \
 		--output_dir runs/demo-text-classification-scratch --overwrite_output_dir true $(EXTRA)
 
 demo-image: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --overwrite_output_dir true
 
 demo-image-scratch: $(STAMP)
-	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --from_scratch true \
+	$(OFFLINE) $(BIN)/hftl train recipes/demo/image-classification.yaml --from_scratch true --strategy full \
 		--output_dir runs/demo-image-classification-scratch --overwrite_output_dir true $(EXTRA)
 
 demo-clip: $(STAMP)
@@ -58,6 +58,9 @@ demo-forgetting: $(STAMP)
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/bench.py --out bench/results.md
+
+readme-keys: $(STAMP)
+	$(BIN)/python -c "from hftl.config import sync_readme; print('README key table', 'rewritten' if sync_readme('README.md') else 'up to date')"
 
 test-fast: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"

@@ -51,8 +51,8 @@ def full_vs_plain(tmp: str, steps: int, repeats: int) -> list[str]:
     cfg = _config(tmp, "--strategy", "full", "--max_steps", str(steps + 2), "--eval_strategy", "no",
                   "--train_sampling_strategy", "random")
     built = run.build(cfg)
-    data = built.task.encode(cfg, built.raw, built.processor)["train"]
-    collator = built.task.collator(built.processor)
+    data = built.task.encode(cfg, built.raw, built.loaded)["train"]
+    collator = built.task.collator(built.loaded)
     plain_model = AutoModelForSequenceClassification.from_pretrained(
         built.task.model_source(cfg), config=built.model.config
     )

@@ -11,104 +11,140 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from hftl.errors import HftlError
+from hftl.tasks import TASKS
 
 STRATEGIES = ("feature_extraction", "partial", "full", "lora")
-CACHE_MODES = ("auto", "off", "memory", "disk")
+Strategy = Literal["feature_extraction", "partial", "full", "lora"]
+TowerStrategy = Literal["feature_extraction", "partial", "full"]
+CacheMode = Literal["auto", "off", "memory", "disk"]
+ClipMode = Literal["contrastive", "zero_shot", "linear_probe"]
+BadImages = Literal["error", "skip"]
+
+
+def key(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
+    """A recipe key: its default and its help (shown by `hftl train --help` and in the README's key table).
+    Allowed values come from a `Literal` annotation, or `choices` where they are known only at run time."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelArgs:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id, local folder, or builtin:NAME (e.g. builtin:minilm-l6)."}
-    )
-    revision: str = "main"  # pin a Hub revision for reproducible runs
-    trust_remote_code: bool = False  # off: never run code shipped with a checkpoint unless asked
-    from_scratch: bool = False  # random init of the same architecture: the no-transfer baseline
-    attn_implementation: str | None = None  # None: SDPA where the architecture supports it, else eager
+    model_name_or_path: str | None = key(None, "Hub id, local folder, or builtin:NAME (builtin:minilm-l6, "
+                                         "builtin:dinov2-small, builtin:dual-encoder-small).")
+    revision: str = key("main", "Hub revision (branch, tag or commit): pin one for reproducible runs.")
+    trust_remote_code: bool = key(False, "Run code shipped with a checkpoint or dataset; off unless asked.")
+    from_scratch: bool = key(False, "Random init of the same architecture, every layer training (strategy full): "
+                                    "the no-transfer baseline.")
+    attn_implementation: str | None = key(None, "Force `sdpa` or `eager`; unset: SDPA where the architecture "
+                                                "supports it, else eager.")
 
 
 @dataclass
 class DataArgs:
-    dataset: str | None = field(
-        default=None, metadata={"help": "Hub dataset name, local file or folder, or builtin:NAME."}
-    )
-    dataset_config: str | None = None  # Hub dataset configuration name, e.g. "mrpc" for glue
-    train_file: str | None = None  # local csv/json/jsonl/parquet files, instead of `dataset`
-    validation_file: str | None = None
-    test_file: str | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None  # set for sentence-pair tasks (NLI, paraphrase)
-    label_column: str = "label"
-    label_separator: str | None = None  # split string labels on it: makes the task multi-label
-    validation_split: float = 0.1  # carved from train (seeded) when the data has no validation split
-    split_seed: int = 42  # fixed apart from `seed`, so every run of a recipe sees the same split
-    max_length: int = 256  # truncation length; padding is dynamic, per batch
-    class_names: list[str] = field(default_factory=list)  # the label set, in order; empty: the labels in train
-    image_column: str = "image"  # images (Hub, image folder) or image paths (csv/json) for image tasks
-    image_root: str | None = None  # folder that relative image paths in csv/json start from; default: the file's folder
-    image_size: int | None = None  # side of the model's input; None: the checkpoint's image processor decides
-    augment: bool = True  # training images: random resized crop (and flip); eval images never change
-    crop_min_scale: float = 0.08  # smallest area fraction a random crop keeps (0.08 ImageNet-style; raise it for small objects)
-    hflip: bool = True  # random horizontal flip in training; turn off where left and right differ (digits, text)
-    caption_column: str = "caption"  # CLIP: the text paired with each image; without it, captions come from labels
-    prompt_templates: list[str] = field(default_factory=list)  # CLIP: "a photo of a {label}." ...; empty: that one
-    bad_images: str = field(
-        default="error", metadata={"help": "error | skip: what to do with image files that cannot be read"}
-    )  # every image is decoded once before training; skip drops and counts the bad ones
-    max_train_samples: int | None = None  # subsample for quick experiments
-    max_eval_samples: int | None = None
+    dataset: str | None = key(None, "Hub dataset, local file, folder (a saved DatasetDict, or an image folder "
+                                    "class/*.jpg), or builtin:NAME (builtin:bbc-news, builtin:fine-foods, "
+                                    "builtin:mnist-5k).")
+    dataset_config: str | None = key(None, "Hub dataset configuration name, e.g. `mrpc` for glue.")
+    train_file: str | None = key(None, "Local csv, tsv, json, jsonl or parquet file, instead of `dataset`.")
+    validation_file: str | None = key(None, "Local validation file (same type as train_file).")
+    test_file: str | None = key(None, "Local test file (same type as train_file).")
+    text_column: str = key("text", "Column with the text.")
+    text_pair_column: str | None = key(None, "Second text column: makes it a sentence-pair task (NLI, paraphrase).")
+    label_column: str = key("label", "Column with the labels.")
+    label_separator: str | None = key(None, "Split string labels on it (e.g. `;`): multi-label classification.")
+    validation_split: float = key(0.1, "Share of train carved (seeded, stratified for single-label data) into "
+                                       "validation when the data has none.")
+    split_seed: int = key(42, "Seed of that split, apart from `seed`, so every run of a recipe sees the same split.")
+    max_length: int = key(256, "Truncation length in tokens (capped at the model's positions); padding is "
+                               "dynamic, per batch.")
+    class_names: list[str] = key([], "The label set, in order; a label outside it is an error. Empty: the labels "
+                                     "in train.")
+    image_column: str = key("image", "Images (Hub, image folder) or image paths (csv/json) for image tasks.")
+    image_root: str | None = key(None, "Folder that relative image paths start from; unset: the train file's folder.")
+    image_size: int | None = key(None, "Side of the model's input in pixels; unset: the checkpoint's processor "
+                                       "decides. ViT/DeiT position tables are resampled once.")
+    augment: bool = key(True, "Training images get a random resized crop (and flip); eval images never change.")
+    crop_min_scale: float = key(0.08, "Smallest area fraction a random crop keeps, in (0, 1]: 0.08 is "
+                                      "ImageNet-style; raise it for small objects; 1 turns crops off.")
+    hflip: bool = key(True, "Random horizontal flip in training; turn off where left and right differ (digits, text).")
+    caption_column: str = key("caption", "CLIP: the caption of each image; without it, captions come from labels.")
+    prompt_templates: list[str] = key([], "CLIP: templates that turn a label into a caption, each with `{label}`; "
+                                          "empty: `a photo of a {label}.`")
+    bad_images: BadImages = key("error", "Every image is decoded once before training: `error` names the first "
+                                         "unreadable file, `skip` drops and counts them.")
+    max_train_samples: int | None = key(None, "Subsample train (seeded) for quick experiments.")
+    max_eval_samples: int | None = key(None, "Keep the first N validation and test examples.")
 
 
 @dataclass
 class TransferArgs:
-    task: str = "text-classification"
-    strategy: str = field(default="full", metadata={"help": "feature_extraction | partial | full | lora"})
-    unfrozen_groups: int = 2  # partial: how many top backbone groups train beside the head
-    layer_decay: float = 0.9  # lr multiplier per group of depth below the top block
-    head_lr: float | None = None  # lr of the new head; None uses learning_rate
-    freeze: list[str] = field(default_factory=list)  # extra regexes over parameter names to freeze
-    eval_frozen: bool = True  # frozen modules run without dropout: deterministic features, 2x faster on CPU
-    cache_features: str = field(
-        default="auto", metadata={"help": "auto | off | memory | disk: run a frozen backbone once, train the head on its outputs"}
-    )  # auto: on whenever only the head trains
-    head_warmup_epochs: float = 0  # LP-FT: train the head alone this long, then the plan's groups
-    unfreeze_every: float = 0  # gradual unfreezing: one more group, top down, every N epochs (0: off)
-    lora_r: int = 8  # LoRA rank: 8 adapts a base-size encoder with ~0.3% of its weights
-    lora_alpha: int = 16  # LoRA scale alpha/r = 2, the common choice
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] = field(default_factory=list)  # empty: query/value projections of the family
-    merge_lora: bool = False  # save a plain merged model (adapters folded in) instead of the adapter folder
-    source_eval: str | None = None  # labelled text data for the forgetting report (k-NN on embeddings)
-    source_eval_samples: int = 1000  # memory size of that k-NN; half as many queries
-    l2_sp: float = 0  # L2-SP: alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights (0: off)
-    ewc: float = 0  # EWC: lambda/2 * sum F_i (w_i - w*_i)^2, Fisher scaled to mean 1 (0: off)
-    ewc_data: str | None = None  # data for the Fisher: text (or images) like the pre-training's, e.g. builtin:bbc-news
-    ewc_samples: int = 500  # examples the Fisher is averaged over
-    replay_data: str | None = None  # source data learnt beside the target: labelled (own head) or text (masked LM)
-    replay_ratio: float = 0.25  # source examples per target example in every step
-    early_stopping_patience: int = 0  # stop after N evaluations without improvement (0: off)
-    early_stopping_threshold: float = 0.0  # the least change that counts as an improvement
-    clip_mode: str = field(
-        default="contrastive", metadata={"help": "contrastive | zero_shot | linear_probe (task clip)"}
-    )
-    gather_features: bool = True  # CLIP under DDP: contrast against the global batch's negatives, not the local ones
-    text_strategy: str | None = None  # dual encoders: the text tower's strategy; None: `strategy`
-    vision_strategy: str | None = None  # the vision tower's strategy; None: `strategy`
-    text_unfrozen_groups: int | None = None  # None: `unfrozen_groups`
-    vision_unfrozen_groups: int | None = None
-    text_learning_rate: float | None = None  # the tower's top block; None: `learning_rate`
-    vision_learning_rate: float | None = None
-    text_layer_decay: float | None = None  # None: `layer_decay`
-    vision_layer_decay: float | None = None
-    overwrite_output_dir: bool = False  # refuse to train into a folder holding an earlier run
+    task: str = key("text-classification", "The task, from the registry (tasks/__init__.py).", choices=TASKS)
+    strategy: Strategy = key("full", "What trains: only the head (feature_extraction), the top `unfrozen_groups` "
+                                     "and the head (partial), everything (full), or low-rank adapters and the head "
+                                     "(lora).")
+    unfrozen_groups: int = key(2, "partial: how many top backbone groups train beside the head (0 to the number "
+                                  "of backbone groups).")
+    layer_decay: float = key(0.9, "lr multiplier per layer group of depth below the top block (> 0; 1.0: no decay).")
+    head_lr: float | None = key(None, "lr of the new head; unset: learning_rate.")
+    freeze: list[str] = key([], "Extra regexes searched in parameter names to freeze; one that matches nothing is "
+                                "an error.")
+    eval_frozen: bool = key(True, "Fully frozen modules run in eval mode (no dropout): deterministic, cacheable "
+                                  "features, about 2x faster on CPU.")
+    cache_features: CacheMode = key("auto", "Run a frozen backbone once and train the head on its outputs: `auto` "
+                                            "whenever only the head trains, `memory` or `disk` to insist, `off`.")
+    head_warmup_epochs: float = key(0, "LP-FT: train the head alone this long, then the plan's groups (0: off).")
+    unfreeze_every: float = key(0, "Gradual unfreezing: one more group, top down, every N epochs (0: off).")
+    lora_r: int = key(8, "LoRA rank: 8 adapts a base-size encoder with about 0.3% of its weights.")
+    lora_alpha: int = key(16, "LoRA scale: alpha/r = 2, the common choice.")
+    lora_dropout: float = key(0.1, "Dropout on the LoRA path.")
+    lora_target_modules: list[str] = key([], "Linear layers to adapt; empty: the family's query/value projections "
+                                             "(e.g. query, value for BERT).")
+    merge_lora: bool = key(False, "Save a plain merged model (adapters folded in) instead of the adapter folder.")
+    source_eval: str | None = key(None, "Forgetting report: labelled text data whose 5-NN accuracy on the "
+                                        "encoder's embeddings is measured before and after.")
+    source_eval_samples: int = key(1000, "Memory size of that k-NN; half as many queries.")
+    l2_sp: float = key(0, "L2-SP: l2_sp/2 * ||w - w_pretrained||^2 over the trainable backbone (0: off; "
+                          "0.01-0.1 is typical).")
+    ewc: float = key(0, "EWC: ewc/2 * sum F_i (w_i - w*_i)^2, a diagonal Fisher on `ewc_data` scaled to mean 1 "
+                        "(0: off).")
+    ewc_data: str | None = key(None, "Data for the Fisher: text (or images) like the pre-training's, e.g. "
+                                     "builtin:bbc-news.")
+    ewc_samples: int = key(500, "Examples the Fisher is averaged over.")
+    replay_data: str | None = key(None, "Source data learnt beside the target: labelled (its own head) or "
+                                        "unlabelled text (masked-LM replay through the checkpoint's MLM head).")
+    replay_ratio: float = key(0.25, "Source examples per target example in every step (> 0).")
+    early_stopping_patience: int = key(0, "Stop after N evaluations without improvement of metric_for_best_model "
+                                          "(0: off; needs load_best_model_at_end).")
+    early_stopping_threshold: float = key(0.0, "The least change that counts as an improvement.")
+    clip_mode: ClipMode = key("contrastive", "Task clip: contrastive fine-tuning, zero_shot (evaluate only) or "
+                                             "linear_probe (frozen towers, cached embeddings).")
+    gather_features: bool = key(True, "CLIP under DDP: contrast against the whole global batch, features gathered "
+                                      "across ranks with their gradients.")
+    text_strategy: TowerStrategy | None = key(None, "Dual encoders: the text tower's strategy; unset: `strategy`.")
+    vision_strategy: TowerStrategy | None = key(None, "Dual encoders: the vision tower's strategy; unset: `strategy`.")
+    text_unfrozen_groups: int | None = key(None, "Dual encoders; unset: `unfrozen_groups`.")
+    vision_unfrozen_groups: int | None = key(None, "Dual encoders; unset: `unfrozen_groups`.")
+    text_learning_rate: float | None = key(None, "Dual encoders: lr of the text tower's top block; unset: "
+                                                 "`learning_rate`.")
+    vision_learning_rate: float | None = key(None, "Dual encoders: lr of the vision tower's top block; unset: "
+                                                   "`learning_rate`.")
+    text_layer_decay: float | None = key(None, "Dual encoders; unset: `layer_decay`.")
+    vision_layer_decay: float | None = key(None, "Dual encoders; unset: `layer_decay`.")
+    overwrite_output_dir: bool = key(False, "Write over an output_dir holding an earlier run (refused otherwise, "
+                                            "unless resuming).")
 
 
 ARG_CLASSES = (ModelArgs, DataArgs, TransferArgs, TrainingArguments)
@@ -167,6 +203,11 @@ class _Parser(HfArgumentParser):
     """HfArgumentParser that raises HftlError instead of printing usage and exiting."""
 
     def error(self, message: str):  # argparse calls this on bad values
+        choice = re.match(r"argument --(\w+)(?:/--[\w-]+)?: invalid choice: '?(.*?)'? \(choose from (.*)\)", message)
+        if choice:
+            name, value = choice.group(1), choice.group(2)
+            allowed = [c.strip(" '\"") for c in choice.group(3).split(",")]
+            raise HftlError(f"Unknown {name} `{value}`.{_nearest(value, allowed)} Choose one of: {', '.join(allowed)}.")
         raise HftlError(f"Bad value in the recipe or on the command line: {message}. Check the value's type.")
 
 
@@ -215,7 +256,7 @@ def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> 
     parser.allow_abbrev = False  # `--lr` must not silently mean `--lr_scheduler_type`
     for action in parser._actions:
         action.required = False
-    parser.set_defaults(**fast_defaults(values, overrides or []))
+    parser.set_defaults(**defaults(values, overrides or []))
     parser.set_defaults(**_typed_for_parser(parser, values, recipe_path))
     overrides = _merge_repeated_lists(parser, list(overrides or []))
     try:
@@ -238,32 +279,36 @@ def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> 
     return config
 
 
-# TrainingArguments defaults hftl changes, per task: length-grouped batches waste little on padding.
-TASK_TRAINING_DEFAULTS = {
-    "text-classification": {"train_sampling_strategy": "group_by_length"},
-    # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name
-    "image-classification": {"remove_unused_columns": False},
-    # CLIP: images and captions feed the transform; the evaluation loss is the contrastive loss (zero-shot
-    # accuracy is measured separately, on every image). Gathered batches match across ranks without dropping
-    # the last one: Accelerate's even_batches completes a short last batch on every rank.
-    "clip": {"remove_unused_columns": False, "prediction_loss_only": True},
-}
+def override_values(overrides: list[str]) -> dict[str, str]:
+    """`--key value` / `--key=value` overrides as {key: first value}, for decisions made before parsing."""
+    out: dict[str, str] = {}
+    for i, word in enumerate(overrides):
+        if word.startswith("--"):
+            name, _, value = word[2:].partition("=")
+            if not value and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
+                value = overrides[i + 1]
+            out[name.replace("-", "_")] = value
+    return out
 
 
-def fast_defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """hftl's defaults for TrainingArguments fields; the recipe and the command line still win."""
-    task = values.get("task", "text-classification")
-    if "--task" in overrides[:-1]:
-        task = overrides[overrides.index("--task") + 1]
-    defaults = dict(TASK_TRAINING_DEFAULTS.get(task, {}))
-    given = set(values) | set(override_keys(overrides))
+def defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """hftl's defaults, applied before validation; the recipe and the command line still win.
+
+    The task's own (e.g. image tasks keep their image column), then: replay needs a static DDP graph,
+    `from_scratch` means strategy full, and bf16 on GPUs that have it."""
+    from hftl.tasks import get_task
+
+    given = {**values, **override_values(overrides)}
+    out = get_task(str(given.get("task", "text-classification"))).defaults(given)
     if "replay_data" in given:
         # the source batch runs the encoder a second time, outside DDP's forward: DDP must expect each
         # parameter's gradient from both uses (a static graph; every step has the same two passes)
-        defaults["ddp_static_graph"] = True
-    if not given & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
-        defaults["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
-    return defaults
+        out["ddp_static_graph"] = True
+    if str(given.get("from_scratch", "false")).lower() == "true":
+        out["strategy"] = "full"  # random weights: every layer trains
+    if not set(given) & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
+        out["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
+    return out
 
 
 def _gpu_has_bf16() -> bool:
@@ -336,131 +381,130 @@ def _merge_repeated_lists(parser: HfArgumentParser, overrides: list[str]) -> lis
 
 
 def validate(config: RunConfig) -> None:
-    """Checks that need no model or data; the rest happen where the facts are known."""
+    """Every rule that needs no model or data, one per concern, called from here; the rest run where the
+    facts are known (columns, labels, layer groups). The config is not changed after this."""
+    from hftl import forgetting
+    from hftl.data import images
+    from hftl.tasks import get_task
+
+    task = get_task(config.transfer.task)
+    for rule in (_model_rule, _choice_rule, _range_rule, _strategy_rule, _early_stopping_rule, _capability_rule):
+        rule(config, task)
+    forgetting.validate(config)  # l2_sp, ewc, replay
+    images.check_settings(config.data)  # crop, size
+    task.validate(config)  # what only the task knows (CLIP's towers, modes and prompts)
+
+
+def _model_rule(config: RunConfig, task) -> None:
     if not config.model.model_name_or_path:
         raise HftlError("No model given. Set `model_name_or_path` in the recipe or pass `--model_name_or_path ID`.")
-    if config.transfer.strategy not in STRATEGIES:
-        near = difflib.get_close_matches(config.transfer.strategy, STRATEGIES, n=1)
-        hint = f" Did you mean `{near[0]}`?" if near else ""
-        raise HftlError(
-            f"Unknown strategy `{config.transfer.strategy}`.{hint} Choose one of: {', '.join(STRATEGIES)}."
-        )
-    if config.transfer.cache_features not in CACHE_MODES:
-        raise HftlError(
-            f"cache_features must be one of {', '.join(CACHE_MODES)} (got `{config.transfer.cache_features}`)."
-        )
-    if config.transfer.head_warmup_epochs < 0 or config.transfer.unfreeze_every < 0:
-        raise HftlError("head_warmup_epochs and unfreeze_every must be >= 0 (0 turns them off).")
-    if config.transfer.strategy == "lora" and (
-        config.transfer.head_warmup_epochs or config.transfer.unfreeze_every or config.transfer.freeze
-    ):
-        raise HftlError("strategy lora trains adapters and the head from step 0: drop head_warmup_epochs, unfreeze_every and freeze.")
-    if config.transfer.ewc < 0:
-        raise HftlError(f"ewc must be >= 0 (got {config.transfer.ewc}); 0 turns it off.")
-    if config.transfer.ewc and not config.transfer.ewc_data:
-        raise HftlError(
-            "ewc needs a dataset to estimate the Fisher on: set `ewc_data` to data like the model's pre-training "
-            "(a Hub dataset, a local file or builtin:NAME; its text column must match `text_column`)."
-        )
-    if config.transfer.ewc and config.transfer.strategy == "feature_extraction":
-        raise HftlError("ewc protects trainable backbone weights; with feature_extraction none train. Drop ewc or pick another strategy.")
-    if config.transfer.ewc and config.transfer.ewc_samples < 1:
-        raise HftlError(f"ewc_samples must be >= 1 (got {config.transfer.ewc_samples}).")
-    if config.transfer.replay_data and config.transfer.strategy == "feature_extraction":
-        raise HftlError("replay_data keeps a trainable backbone from forgetting; with feature_extraction nothing in it trains. Drop replay_data or pick another strategy.")
-    if config.transfer.replay_data and config.transfer.replay_ratio <= 0:
-        raise HftlError(f"replay_ratio must be > 0 (got {config.transfer.replay_ratio}); 0.25 mixes one source example per four target ones.")
-    if config.transfer.l2_sp < 0:
-        raise HftlError(f"l2_sp must be >= 0 (got {config.transfer.l2_sp}); 0 turns it off, 0.01-0.1 is typical.")
-    if config.transfer.early_stopping_patience:
-        args = config.training
-        if not args.load_best_model_at_end or args.eval_strategy == "no":
-            raise HftlError(
-                "early_stopping_patience needs evaluations and the best model kept: set eval_strategy and "
-                "save_strategy (both `epoch` or both `steps`) and `load_best_model_at_end: true`."
-            )
-    if config.transfer.layer_decay <= 0:
-        raise HftlError(f"layer_decay must be > 0 (got {config.transfer.layer_decay}); 1.0 means no decay.")
-    if config.transfer.task == "clip":
-        _validate_clip(config)
-    else:
-        defaults = TransferArgs()
-        tower_keys = {k for k in config.user_keys & CLIP_ONLY_KEYS if getattr(config.transfer, k) != getattr(defaults, k)}
-        if tower_keys:  # a resolved config lists them at their defaults: only set values count
-            raise HftlError(
-                f"{', '.join(sorted(tower_keys))} apply to dual encoders (task clip) only; task `{config.transfer.task}` "
-                "has one tower. Drop them, or use strategy, unfrozen_groups, learning_rate and layer_decay."
-            )
-    if config.transfer.source_eval and config.transfer.task != "text-classification":
-        raise HftlError(
-            f"source_eval (the forgetting report) measures text embeddings; task `{config.transfer.task}` has none yet. "
-            "Drop `source_eval`."
-        )
-    if config.data.bad_images not in ("error", "skip"):
-        raise HftlError(f"bad_images must be `error` or `skip` (got `{config.data.bad_images}`).")
-    if not 0 < config.data.crop_min_scale <= 1:
-        raise HftlError(f"crop_min_scale must be in (0, 1] (got {config.data.crop_min_scale}); 1 turns random crops off.")
-    if config.data.image_size is not None and config.data.image_size < 8:
-        raise HftlError(f"image_size must be at least 8 pixels (got {config.data.image_size}).")
+
+
+def _choice_rule(config: RunConfig, task) -> None:
+    """The parser checks command-line values only, not the recipe's: every key with allowed values, here."""
+    for args in (config.model, config.data, config.transfer):
+        for f in dataclasses.fields(args):
+            allowed, value = choices(type(args), f), getattr(args, f.name)
+            if allowed and value is not None and value not in allowed:
+                raise HftlError(f"Unknown {f.name} `{value}`.{_nearest(value, allowed)} Choose one of: "
+                                f"{', '.join(allowed)}.")
+
+
+def _nearest(value, allowed) -> str:
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" Did you mean `{near[0]}`?" if near else ""
+
+
+# key -> (bound, whether the bound itself is allowed, what it means)
+RANGES = {
+    "layer_decay": (0, False, "1.0 means no decay"),
+    "head_warmup_epochs": (0, True, "0 turns it off"),
+    "unfreeze_every": (0, True, "0 turns it off"),
+}
+
+
+def _range_rule(config: RunConfig, task) -> None:
+    for name, (low, inclusive, meaning) in RANGES.items():
+        value = _value(config, name)
+        if value is not None and (value < low or (value == low and not inclusive)):
+            raise HftlError(f"{name} must be {'>=' if inclusive else '>'} {low} (got {value}); {meaning}.")
     if not 0 < config.data.validation_split < 1:
         raise HftlError(f"validation_split must be between 0 and 1 (got {config.data.validation_split}).")
 
 
-CLIP_MODES = ("contrastive", "zero_shot", "linear_probe")
-CLIP_ONLY_KEYS = frozenset(
-    {"clip_mode", "gather_features"}
-    | {f"{tower}_{key}" for tower in ("text", "vision") for key in ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")}
-)
-DEFAULT_PROMPT = "a photo of a {label}."
-
-
-def _validate_clip(config: RunConfig) -> None:
+def _strategy_rule(config: RunConfig, task) -> None:
     t = config.transfer
-    if t.clip_mode not in CLIP_MODES:
-        raise HftlError(f"clip_mode must be one of {', '.join(CLIP_MODES)} (got `{t.clip_mode}`).")
-    for key in ("strategy", "text_strategy", "vision_strategy"):
-        value = getattr(t, key)
-        if value is not None and value not in ("feature_extraction", "partial", "full"):
-            raise HftlError(f"{key} `{value}` is not available for dual encoders: use feature_extraction, partial or full per tower.")
-    for tower in ("text", "vision"):
-        decay, lr = getattr(t, f"{tower}_layer_decay"), getattr(t, f"{tower}_learning_rate")
-        unfrozen = getattr(t, f"{tower}_unfrozen_groups")
-        if decay is not None and decay <= 0:
-            raise HftlError(f"{tower}_layer_decay must be > 0 (got {decay}); 1.0 means no decay.")
-        if lr is not None and lr < 0:
-            raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
-        if unfrozen is not None and unfrozen < 0:
-            raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
-    if config.data.label_separator:
-        raise HftlError("task clip takes one label per image (a caption per class): drop label_separator.")
-    if t.head_warmup_epochs or t.unfreeze_every or t.ewc or t.replay_data:
+    if t.strategy not in task.capabilities.strategies:
+        raise HftlError(f"strategy `{t.strategy}` is not available for task {task.name}: use "
+                        f"{', '.join(task.capabilities.strategies)}.")
+    if config.model.from_scratch and t.strategy != "full":
+        raise HftlError(f"from_scratch trains every layer from random weights, so it needs strategy full, not "
+                        f"`{t.strategy}`: drop `strategy` (from_scratch implies full) or set `--strategy full`.")
+    if t.strategy == "lora" and (t.head_warmup_epochs or t.unfreeze_every or t.freeze):
+        raise HftlError("strategy lora trains adapters and the head from step 0: drop head_warmup_epochs, "
+                        "unfreeze_every and freeze.")
+
+
+def _early_stopping_rule(config: RunConfig, task) -> None:
+    args = config.training
+    if config.transfer.early_stopping_patience and (not args.load_best_model_at_end or args.eval_strategy == "no"):
         raise HftlError(
-            "head_warmup_epochs, unfreeze_every, ewc and replay_data are not available for task clip yet (l2_sp is); "
-            "drop them."
+            "early_stopping_patience needs evaluations and the best model kept: set eval_strategy and "
+            "save_strategy (both `epoch` or both `steps`) and `load_best_model_at_end: true`."
         )
-    for template in config.data.prompt_templates:
-        if "{label}" not in template:
+
+
+# key -> (the task capability it needs (tasks/base.Capabilities), why)
+NEEDS = {
+    "source_eval": ("text_embeddings", "the forgetting report measures text embeddings"),
+    "ewc": ("source_batches", "EWC reads another dataset as model inputs for its Fisher"),
+    "replay_data": ("replay", "replay learns source data through the task's own loading"),
+    "head_warmup_epochs": ("phases", "phases unfreeze a single tower's layer groups"),
+    "unfreeze_every": ("phases", "phases unfreeze a single tower's layer groups"),
+}
+TOWER_KEYS = frozenset({"clip_mode", "gather_features"} | {
+    f"{tower}_{k}" for tower in ("text", "vision") for k in ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")
+})
+
+
+def _capability_rule(config: RunConfig, task) -> None:
+    """A key whose feature the task lacks is an error, never silently ignored."""
+    from hftl.tasks import get_task
+
+    for name, (capability, why) in NEEDS.items():
+        if _value(config, name) and not getattr(task.capabilities, capability):
+            able = [n for n in TASKS if getattr(get_task(n).capabilities, capability)]
+            raise HftlError(f"{name} is not available for task {task.name} ({why}; tasks that have it: "
+                            f"{', '.join(able)}). Drop `{name}`.")
+    if not task.capabilities.towers:
+        fresh = TransferArgs()  # a resolved config lists them at their defaults: only set values count
+        given = {k for k in config.user_keys & TOWER_KEYS if getattr(config.transfer, k) != getattr(fresh, k)}
+        if given:
+            dual = [n for n in TASKS if get_task(n).capabilities.towers]
             raise HftlError(
-                f"prompt template `{template}` has no `{{label}}`: each template must name the class, e.g. "
-                f"`{DEFAULT_PROMPT}`."
+                f"{', '.join(sorted(given))} apply to dual encoders (task {', '.join(dual)}) only; task `{task.name}` "
+                "has one tower. Drop them, or use strategy, unfrozen_groups, learning_rate and layer_decay."
             )
-        try:
-            template.format(label="x")
-        except (KeyError, IndexError, ValueError) as err:
-            raise HftlError(f"prompt template `{template}` is not a valid format string ({err}); use only `{{label}}`.") from None
 
 
-def check_output_dir(config: RunConfig) -> None:
-    """Refuse to train into a folder holding an earlier run, unless asked to overwrite or resuming."""
-    out = Path(config.training.output_dir)
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if config.transfer.overwrite_output_dir or config.training.resume_from_checkpoint:
-        return
-    raise HftlError(
-        f"output_dir `{out}` already holds files from an earlier run. Pick another `--output_dir`, "
-        "pass `--overwrite_output_dir true` to replace it, or `--resume_from_checkpoint PATH` to continue it."
-    )
+def _value(config: RunConfig, name: str):
+    for args in (config.model, config.data, config.transfer, config.training):
+        if hasattr(args, name):
+            return getattr(args, name)
+    raise KeyError(name)
+
+
+def choices(cls, f: dataclasses.Field) -> tuple | None:
+    """A key's allowed values: its `Literal` annotation, or `choices` in its metadata."""
+    if f.metadata.get("choices"):
+        return tuple(f.metadata["choices"])
+    if cls is TrainingArguments:
+        return None
+    hint = typing.get_type_hints(cls).get(f.name)
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) is Literal:
+            return typing.get_args(candidate)
+    return None
 
 
 def write_resolved(config: RunConfig, path: str | os.PathLike) -> None:
@@ -468,14 +512,69 @@ def write_resolved(config: RunConfig, path: str | os.PathLike) -> None:
     Path(path).write_text(command + yaml.safe_dump(config.resolved(), sort_keys=False))
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text or "").split())
+    end = re.search(r"\.\s+(?=[A-Z(`])", text)  # a sentence ends where the next one starts ("e.g." does not)
+    text = text[: end.start() + 1] if end and end.start() < limit else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(getattr(value, "value", value))
+
+
 def cli_help() -> str:
-    """All keys, one line each, for `hftl train --help`."""
+    """Every key with its default, allowed values and help, for `hftl train --help`."""
+    parsed = {a.dest: a.choices for a in _Parser(ARG_CLASSES)._actions}  # Literal and Enum keys alike
     lines = []
     for cls in ARG_CLASSES:
         lines.append(f"\n{cls.__name__}:")
         for f in dataclasses.fields(cls):
-            if f.init and not f.name.startswith("_"):
-                default = f.default if f.default is not dataclasses.MISSING else "[]"
-                lines.append(f"  --{f.name} (default: {default})")
+            if not f.init or f.name.startswith("_"):
+                continue
+            allowed = choices(cls, f) or parsed.get(f.name)
+            allowed = [getattr(a, "value", a) for a in allowed] if allowed else None
+            spec = f"default {_default_text(f)}" + (f"; one of: {', '.join(map(str, allowed))}" if allowed else "")
+            lines.append(f"  --{f.name}  ({spec})")
+            if f.metadata.get("help"):
+                help_text = f.metadata["help"]
+                lines.append(f"      {help_text if cls is not TrainingArguments else _first_sentence(help_text)}")
     return "\n".join(lines)
 
+
+README_START, README_END = "<!-- keys:start: generated by `make readme-keys` from config.py -->", "<!-- keys:end -->"
+
+
+def key_table() -> str:
+    """hftl's own keys as a markdown table, from the same metadata as `hftl train --help`."""
+    rows = ["| key | default | allowed values | meaning |", "|---|---|---|---|"]
+    for cls in (ModelArgs, DataArgs, TransferArgs):
+        for f in dataclasses.fields(cls):
+            allowed = choices(cls, f)
+            values = ", ".join(f"`{v}`" for v in allowed) if allowed else ""
+            meaning = f.metadata.get("help", "").replace("|", "\\|")
+            rows.append(f"| `{f.name}` | `{_default_text(f)}` | {values} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def sync_readme(path: str | os.PathLike = "README.md") -> bool:
+    """Rewrite the key table between the README's markers; True when it changed."""
+    readme = Path(path)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise HftlError(f"`{path}` has no key-table markers ({README_START} ... {README_END}).")
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    new = f"{head}{README_START}\n{key_table()}{README_END}{tail}"
+    readme.write_text(new)
+    return new != text

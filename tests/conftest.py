@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny BERT/RoBERTa checkpoints built from configs and saved with save_pretrained,
+"""Shared fixtures: tiny BERT/RoBERTa checkpoints built from configs and saved with save_pretrained (tiny ViT
+and CLIP ones from helpers.py), an earlier run's output_dir and a recipe that would train into it,
 plus small learnable text datasets. Nothing is downloaded."""
 
 from __future__ import annotations
@@ -146,3 +147,49 @@ def write_recipe(path: Path, **values) -> Path:
     base.update(values)
     path.write_text(yaml.safe_dump(base))
     return path
+
+
+# ---------------------------------------------------------------- fixtures shared by several test modules
+
+
+@pytest.fixture
+def previous_run(tmp_path) -> Path:
+    """An output_dir holding an earlier run's files (and a marker nobody else writes)."""
+    out = tmp_path / "previous-run"
+    out.mkdir()
+    (out / "MARKER.txt").write_text("keep me")
+    (out / "model.safetensors").write_bytes(b"earlier weights")
+    (out / "README.md").write_text("# earlier run\n")
+    (out / "hftl_config.yaml").write_text("learning_rate: 1.0e-05\n")
+    return out
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_bert, sentiment_csv, previous_run):
+    """A valid recipe that would train into `previous_run` if it were allowed to."""
+
+    def make(**values):
+        base = dict(
+            model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
+            test_file=str(sentiment_csv / "test.csv"), output_dir=str(previous_run),
+        )
+        base.update(values)
+        return str(write_recipe(tmp_path / "recipe.yaml", **base))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """A 2-block ViT with its image processor (helpers.make_tiny_vit)."""
+    from helpers import make_tiny_vit
+
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny CLIPModel with its processor (helpers.make_tiny_clip)."""
+    from helpers import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

@@ -19,13 +19,10 @@ import torch
 from torch import nn
 
 from conftest import write_csv, write_recipe
-from test_config_cli import _error, _snapshot, previous_run  # noqa: F401  (fixture)
-from test_images import COLOURS, colour_image, write_folder
+from helpers import COLOURS, cli_error, colour_image, launch, make_tiny_clip, make_tiny_dual, snapshot, write_folder
 
 from hftl.cli import main
 
-WORDS = ["a", "an", "image", "photo", "of", "the", "blue", "green", "red", "colour", "picture", "sky", "grass", "fire"]
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TEXT_LAYERS = ["text.embeddings", "text.layer.0", "text.layer.1", "text.head"]
 VISION_LAYERS = ["vision.embeddings", "vision.layer.0", "vision.layer.1", "vision.head"]
 GROUPS = TEXT_LAYERS + VISION_LAYERS + ["logit_scale"]
@@ -35,78 +32,7 @@ FAST = dict(
 )
 
 
-# ---------------------------------------------------------------- builders
-
-
-def _clip_tokenizer(folder: Path):
-    """A byte-pair CLIP tokenizer over single letters, '.', ',' and whole-word merges for WORDS."""
-    from transformers import CLIPTokenizer
-
-    symbols = list(LETTERS) + [".", ","]
-    tokens = ["!"] + symbols + [s + "</w>" for s in symbols]
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
-                tokens.append(pair[0] + pair[1])
-            parts = [pair[0] + pair[1]] + parts[2:]
-    tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
-
-
-def make_tiny_clip(path: Path, projection_dim: int = 16, seed: int = 0) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    path = Path(path)
-    tokenizer = _clip_tokenizer(path)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           image_size=32, patch_size=8),
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(path)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
-
-
-def make_tiny_dual(path: Path, projection_dim: int = 16, seed: int = 0) -> Path:
-    from transformers import (BertConfig, BertTokenizer, ViTConfig, ViTImageProcessor, VisionTextDualEncoderConfig,
-                              VisionTextDualEncoderModel, VisionTextDualEncoderProcessor)
-
-    path = Path(path)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=32)
-    # At the default init (std 0.02) a 2-block BERT's and ViT's pooled outputs hardly depend on the input (cosine
-    # ~0.99 between any two), and contrastive training collapses to log(batch); std 0.1 gives towers that learn.
-    spread = dict(initializer_range=0.1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(
-        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                  patch_size=8, **spread),
-        BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=64, **spread),
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    VisionTextDualEncoderModel(config).save_pretrained(path)
-    VisionTextDualEncoderProcessor(image_processor=ViTImageProcessor(size={"height": 32, "width": 32}),
-                                   tokenizer=tokenizer).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+# ---------------------------------------------------------------- fixtures (tiny_clip is in conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +88,8 @@ def test_tiny_checkpoints_load_as_the_task_loads_them(which, models, tmp_path):
     from hftl.tasks.classification import Labels
 
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(models[which]), dataset="unused")
-    model, processor = clip.build_model(load_config(str(recipe)), Labels(["blue", "red"], False, "label"))
+    loaded = clip.Clip().build_model(load_config(str(recipe)), Labels(["blue", "red"], False, "label"))
+    model, processor = loaded.model, loaded.processor
     assert type(model).__name__ == {"clip": "CLIPModel", "dual": "VisionTextDualEncoderModel"}[which]
     assert is_dual_encoder(model)
     tokens = processor.tokenizer.convert_ids_to_tokens(processor.tokenizer("a green image.")["input_ids"])
@@ -416,7 +343,7 @@ def test_loss_fn_leaves_the_batch_alone(tiny_clip, tmp_path):
 
     model, _ = _load(tiny_clip)
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset="unused")
-    compute = clip.loss_fn(load_config(str(recipe)))
+    compute = clip.Clip().loss_fn(load_config(str(recipe)))
     trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m))
     batch = _batch(tiny_clip, labels=[0, 0, 1])
     with torch.no_grad():
@@ -577,7 +504,8 @@ def test_zero_shot_mode_evaluates_and_trains_nothing(trained_dual, tiny_dual, co
                          clip_mode="zero_shot", output_dir=str(out))
         stdout = _train("train", str(recipe))
         runs[name] = _results(out)
-        assert set(runs[name]) == {"zero_shot_test_accuracy", "zero_shot_validation_accuracy"}
+        assert set(runs[name]) - {"trainable_params", "peak_rss_mb"} == {"zero_shot_test_accuracy", "zero_shot_validation_accuracy"}
+        assert runs[name]["trainable_params"] == 0
         assert all(0 <= v <= 1 for v in runs[name].values())
         assert (out / "README.md").is_file() and (out / "hftl_config.yaml").is_file()
         assert not list(out.glob("*.safetensors")) and not list(out.glob("checkpoint-*"))  # nothing trained or saved
@@ -678,7 +606,7 @@ def test_interpolate_refuses_mismatched_checkpoints(tiny_dual, tmp_path):
 
 def test_wise_ft_cli_table_and_plot(trained_dual):
     out = trained_dual["out"]
-    before = _snapshot(out)
+    before = snapshot(out)
     stdout = _train("wise-ft", str(trained_dual["recipe"]), "--alphas", "0,0.5,1")
     folder = out / "wise-ft"
     for name in ("wise_ft.md", "wise_ft.csv", "wise_ft.png"):
@@ -694,7 +622,7 @@ def test_wise_ft_cli_table_and_plot(trained_dual):
     table = (folder / "wise_ft.md").read_text()
     assert table.count("\n| ") == 4 and "| 0.50 |" in table  # header + 3 rows
     assert "alpha 0.50" in stdout
-    after = _snapshot(out)
+    after = snapshot(out)
     assert {k: v for k, v in after.items() if not k.startswith("wise-ft/")} == before  # the run itself is untouched
 
 
@@ -703,9 +631,9 @@ def test_wise_ft_cli_table_and_plot(trained_dual):
 
 def _refused(capsys, previous_run, recipe: Path, *extra: str, command: str = "train") -> str:
     """Exit 2, one message, no traceback, and the earlier run in output_dir untouched (overwrite allowed)."""
-    before = _snapshot(previous_run)
-    message = _error(capsys, [command, str(recipe), "--overwrite_output_dir", "true", *extra])
-    assert _snapshot(previous_run) == before
+    before = snapshot(previous_run)
+    message = cli_error(capsys, [command, str(recipe), "--overwrite_output_dir", "true", *extra])
+    assert snapshot(previous_run) == before
     return message
 
 
@@ -778,13 +706,13 @@ def test_prompt_templates_must_name_the_label(templates, expected, tiny_clip, co
 @pytest.mark.parametrize("alphas", ["0,1.5", "-0.5,1", "0,half,1", ","])
 def test_wise_ft_alphas_out_of_range(alphas, trained_dual, capsys):
     out = trained_dual["out"]
-    before = _snapshot(out)
-    message = _error(capsys, ["wise-ft", str(trained_dual["recipe"]), f"--alphas={alphas}"])
+    before = snapshot(out)
+    message = cli_error(capsys, ["wise-ft", str(trained_dual["recipe"]), f"--alphas={alphas}"])
     assert "--alphas" in message and "between 0" in message and f"`{alphas}`" in message
     if alphas == "0,1.5":
-        message = _error(capsys, ["wise-ft", str(trained_dual["recipe"]), "--alphas", alphas])  # as two words, too
+        message = cli_error(capsys, ["wise-ft", str(trained_dual["recipe"]), "--alphas", alphas])  # as two words, too
         assert "--alphas" in message
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def _vit_classifier(path: Path) -> Path:
@@ -806,8 +734,8 @@ def test_wise_ft_between_different_checkpoints(other, trained_dual, tmp_path, ca
         "missing": lambda: tmp_path / "nothing-here",
     }[other]()
     watched = [trained_dual["out"]] + ([fine_tuned] if fine_tuned.exists() else [])
-    before = [_snapshot(f) for f in watched]
-    message = _error(capsys, ["wise-ft", str(trained_dual["recipe"]), "--alphas", "0,1", "--fine_tuned", str(fine_tuned)])
+    before = [snapshot(f) for f in watched]
+    message = cli_error(capsys, ["wise-ft", str(trained_dual["recipe"]), "--alphas", "0,1", "--fine_tuned", str(fine_tuned)])
     expected = {
         "projection_dim": "is (16, 32) in the zero-shot model and (8, 32) in the fine-tuned one",
         "vit_classifier": "the zero-shot model is VisionTextDualEncoderModel",
@@ -815,13 +743,13 @@ def test_wise_ft_between_different_checkpoints(other, trained_dual, tmp_path, ca
         "missing": "holds no fine-tuned model",
     }[other]
     assert expected in message and (str(fine_tuned) in message or other == "projection_dim")
-    assert [_snapshot(f) for f in watched] == before
+    assert [snapshot(f) for f in watched] == before
     assert not (fine_tuned / "wise-ft").exists()
 
 
 def test_wise_ft_needs_a_clip_recipe(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path="unused", dataset="unused")  # text-classification
-    assert "task is `text-classification`" in _error(capsys, ["wise-ft", str(recipe)])
+    assert "task `text-classification` has no zero-shot metrics" in cli_error(capsys, ["wise-ft", str(recipe)])
 
 
 def test_train_split_smaller_than_one_batch_still_trains_and_reports_losses(tiny_clip, tmp_path):
@@ -836,10 +764,10 @@ def test_train_split_smaller_than_one_batch_still_trains_and_reports_losses(tiny
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--clip_mode", "zeroshot"], "clip_mode must be one of contrastive, zero_shot, linear_probe"),
-    (["--strategy", "lora"], "strategy `lora` is not available for dual encoders"),
-    (["--text_strategy", "lora"], "text_strategy `lora` is not available for dual encoders"),
-    (["--vision_strategy", "partail"], "vision_strategy `partail` is not available"),
+    (["--clip_mode", "zeroshot"], "Unknown clip_mode `zeroshot`. Did you mean `zero_shot`? Choose one of: contrastive, zero_shot, linear_probe"),
+    (["--strategy", "lora"], "strategy `lora` is not available for task clip: use feature_extraction, partial, full"),
+    (["--text_strategy", "lora"], "Unknown text_strategy `lora`. Choose one of: feature_extraction, partial, full"),
+    (["--vision_strategy", "partail"], "Unknown vision_strategy `partail`. Did you mean `partial`?"),
     (["--unfreeze_every", "1"], "not available for task clip"),
     (["--freeze", "^no_such_parameter$"], "matches no parameter"),
     (["--image_size", "48"], "image_size is available for DINOv2 vision towers"),
@@ -847,7 +775,7 @@ def test_train_split_smaller_than_one_batch_still_trains_and_reports_losses(tiny
 def test_settings_a_dual_encoder_refuses(extra, expected, tiny_clip, colours, tmp_path, previous_run, capsys):
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), output_dir=str(previous_run))
     assert expected in _refused(capsys, previous_run, recipe, *extra)
-    assert expected in _error(capsys, ["plan", str(recipe), *extra])
+    assert expected in cli_error(capsys, ["plan", str(recipe), *extra])
 
 
 def test_cached_features_are_refused(tiny_clip, colours, tmp_path, previous_run, capsys):
@@ -860,23 +788,23 @@ def test_cached_features_are_refused(tiny_clip, colours, tmp_path, previous_run,
 def test_modes_refuse_an_earlier_runs_output_dir(mode, tiny_clip, colours, tmp_path, previous_run, capsys):
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), clip_mode=mode,
                      output_dir=str(previous_run))
-    before = _snapshot(previous_run)
-    assert "already holds files" in _error(capsys, ["train", str(recipe)])
-    assert _snapshot(previous_run) == before
+    before = snapshot(previous_run)
+    assert "already holds files" in cli_error(capsys, ["train", str(recipe)])
+    assert snapshot(previous_run) == before
 
 
 @pytest.mark.parametrize("extra", [["--vision_layer_decay", "0"], ["--text_layer_decay", "-0.5"],
                                    ["--text_learning_rate", "-0.001"]])
 def test_tower_lr_settings_are_checked(extra, tiny_clip, colours, tmp_path, capsys):
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), output_dir=str(tmp_path / "o"))
-    message = _error(capsys, ["plan", str(recipe), *extra])
+    message = cli_error(capsys, ["plan", str(recipe), *extra])
     assert extra[0][2:] in message
 
 
 def test_tower_unfrozen_groups_out_of_range_names_the_tower_key(tiny_clip, colours, tmp_path, capsys):
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_clip), dataset=str(colours), output_dir=str(tmp_path / "o"),
                      vision_strategy="partial", vision_unfrozen_groups=5)
-    message = _error(capsys, ["plan", str(recipe)])
+    message = cli_error(capsys, ["plan", str(recipe)])
     assert "out of range" in message  # refused: this much works
     assert "vision_unfrozen_groups" in message
 
@@ -922,8 +850,6 @@ def test_two_process_ddp_with_and_without_gathered_features(tmp_path):
     """8 training images, 4 per rank: one optimizer step per epoch sees the whole training set, so with gathered
     features the first step's loss (the mean of the ranks' losses) is the contrastive loss of all 8 images in one
     process, whatever the order; without gathering each rank contrasts only its own 4."""
-    from test_images import _launch
-
     from hftl.config import load_config
     from hftl.commands.train import build
     from hftl.tasks import clip
@@ -938,7 +864,7 @@ def test_two_process_ddp_with_and_without_gathered_features(tmp_path):
         recipe = _recipe(tmp_path / f"gather-{gather}.yaml", model_name_or_path=str(tiny), dataset=str(data),
                          gather_features=gather, augment=False, per_device_train_batch_size=4, per_device_eval_batch_size=2,
                          num_train_epochs=2, learning_rate=1e-3, logging_steps=1, output_dir=str(out))
-        _launch(recipe, tmp_path)
+        launch(recipe, tmp_path)
         report = json.loads((out / "replica_check.json").read_text())
         assert report["world_size"] == 2 and report["in_sync"] is True, gather
         assert report["fingerprints"][0] == report["fingerprints"][1]
@@ -947,8 +873,8 @@ def test_two_process_ddp_with_and_without_gathered_features(tmp_path):
 
     config = load_config(str(runs[True]["recipe"]), ["--output_dir", str(tmp_path / "unused")])
     built = build(config)
-    encoded = clip.encode(config, built.raw, built.processor)
-    batch = clip.collator(built.processor)([encoded["train"][i] for i in range(len(encoded["train"]))])
+    encoded = built.task.encode(config, built.raw, built.loaded)
+    batch = built.task.collator(built.loaded)([encoded["train"][i] for i in range(len(encoded["train"]))])
     assert batch["pixel_values"].shape[0] == 8 and sorted(batch["labels"].tolist()) == [0] * 4 + [1] * 4
     with torch.no_grad():
         global_loss, _ = clip.contrastive_loss(built.model.train(), batch, built.model.logit_scale, gather=False)

@@ -3,71 +3,21 @@ nothing already on disk is touched; overrides, the resolved config, and secrets 
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pytest
 import yaml
 
 from conftest import sentiment_rows, write_csv, write_recipe
+from helpers import cli_error, snapshot
 from hftl.cli import main
 from hftl.config import load_config
 from hftl.errors import HftlError
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under folder."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
-@pytest.fixture
-def previous_run(tmp_path) -> Path:
-    """An output_dir holding an earlier run's files (and a marker nobody else writes)."""
-    out = tmp_path / "previous-run"
-    out.mkdir()
-    (out / "MARKER.txt").write_text("keep me")
-    (out / "model.safetensors").write_bytes(b"earlier weights")
-    (out / "README.md").write_text("# earlier run\n")
-    (out / "hftl_config.yaml").write_text("learning_rate: 1.0e-05\n")
-    return out
-
-
-@pytest.fixture
-def recipe(tmp_path, tiny_bert, sentiment_csv, previous_run):
-    """A valid recipe that would train into `previous_run` if it were allowed to."""
-
-    def make(**values):
-        base = dict(
-            model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
-            test_file=str(sentiment_csv / "test.csv"), output_dir=str(previous_run),
-        )
-        base.update(values)
-        return str(write_recipe(tmp_path / "recipe.yaml", **base))
-
-    return make
-
-
-def _error(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting bad input; check the shape of the report and return the message."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err
-    assert "Traceback" not in err and "Traceback" not in captured.out
-    lines = [line for line in err.splitlines() if line.startswith("hftl: error: ")]
-    assert len(lines) == 1, err
-    message = lines[0][len("hftl: error: ") :]
-    assert err.rstrip().endswith(message)  # the report is the last thing printed, on one line
-    assert len(message) > 40
-    return message
-
-
 def _bad(capsys, previous_run, argv: list[str]) -> str:
     """Bad input, with permission to overwrite: still nothing in output_dir may change."""
-    before = _snapshot(previous_run)
-    message = _error(capsys, argv + ["--overwrite_output_dir", "true"])
-    assert _snapshot(previous_run) == before
+    before = snapshot(previous_run)
+    message = cli_error(capsys, argv + ["--overwrite_output_dir", "true"])
+    assert snapshot(previous_run) == before
     return message
 
 
@@ -75,26 +25,26 @@ def _bad(capsys, previous_run, argv: list[str]) -> str:
 
 
 def test_missing_recipe_file(capsys, tmp_path):
-    message = _error(capsys, ["train", str(tmp_path / "nope.yaml")])
+    message = cli_error(capsys, ["train", str(tmp_path / "nope.yaml")])
     assert "nope.yaml" in message and "does not exist" in message and "hftl train recipes/" in message
 
 
 def test_missing_recipe_argument(capsys):
-    message = _error(capsys, ["train"])
+    message = cli_error(capsys, ["train"])
     assert "needs a recipe file" in message
 
 
 def test_invalid_yaml(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nlearning_rate: [1e-3\nstrategy: full\n")
-    message = _error(capsys, ["train", str(bad)])
+    message = cli_error(capsys, ["train", str(bad)])
     assert "not valid YAML" in message and "line" in message and "Fix the YAML" in message
 
 
 def test_yaml_that_is_not_a_mapping(capsys, tmp_path):
     bad = tmp_path / "list.yaml"
     bad.write_text("- learning_rate\n- 1e-3\n")
-    message = _error(capsys, ["train", str(bad)])
+    message = cli_error(capsys, ["train", str(bad)])
     assert "must be a mapping" in message
 
 
@@ -131,7 +81,7 @@ def test_unknown_strategy(capsys, recipe, previous_run):
 
 def test_missing_model(capsys, tmp_path, sentiment_csv):
     r = write_recipe(tmp_path / "r.yaml", train_file=str(sentiment_csv / "train.csv"), output_dir=str(tmp_path / "o"))
-    message = _error(capsys, ["train", str(r)])
+    message = cli_error(capsys, ["train", str(r)])
     assert "No model given" in message and "--model_name_or_path" in message
 
 
@@ -214,12 +164,12 @@ def test_unsupported_data_file_type(capsys, recipe, previous_run, tmp_path):
 
 
 def test_output_dir_with_previous_run_is_refused(capsys, recipe, previous_run):
-    before = _snapshot(previous_run)
-    message = _error(capsys, ["train", recipe()])
+    before = snapshot(previous_run)
+    message = cli_error(capsys, ["train", recipe()])
     assert str(previous_run) in message and "earlier run" in message
     assert "--overwrite_output_dir true" in message and "--output_dir" in message
     assert (previous_run / "MARKER.txt").read_text() == "keep me"
-    assert _snapshot(previous_run) == before
+    assert snapshot(previous_run) == before
     # allowed when asked
     assert main(["train", recipe(), "--overwrite_output_dir", "true"]) == 0
     capsys.readouterr()
@@ -243,7 +193,7 @@ def test_overrides_beat_yaml(recipe):
         path,
         [
             "--learning_rate", "1e-4", "--strategy", "partial", "--unfrozen_groups=1", "--num_train_epochs", "2",
-            "--per_device_train_batch_size", "4", "--lr_scheduler_type", "constant", "--from_scratch", "true",
+            "--per_device_train_batch_size", "4", "--lr_scheduler_type", "constant", "--revision", "v2",
             "--freeze", "attention", "bias",
         ],
     )
@@ -252,7 +202,7 @@ def test_overrides_beat_yaml(recipe):
     assert config.training.num_train_epochs == 2
     assert config.training.per_device_train_batch_size == 4
     assert str(getattr(config.training.lr_scheduler_type, "value", config.training.lr_scheduler_type)) == "constant"
-    assert config.model.from_scratch is True
+    assert config.model.revision == "v2"
     assert config.transfer.freeze == ["attention", "bias"]
     assert config.training.seed == 1  # YAML value where nothing overrides it
     assert config.data.max_length == 32
@@ -328,5 +278,23 @@ def test_token_given_as_key_equals_value_is_redacted_in_card(recipe, tmp_path, c
 
 @pytest.mark.parametrize("flag, value", [("--vision_strategy", "partial"), ("--text_learning_rate", "1e-4"), ("--clip_mode", "zero_shot")])
 def test_dual_encoder_keys_are_refused_for_single_tower_tasks(flag, value, recipe, capsys):
-    message = _error(capsys, ["train", recipe(), flag, value])
+    message = cli_error(capsys, ["train", recipe(), flag, value])
     assert flag[2:] in message and "task clip" in message
+
+
+def test_from_scratch_means_full_and_refuses_another_explicit_strategy(recipe):
+    """A value the run cannot honour is an error, not an override: from_scratch trains every layer."""
+    base = recipe()
+    assert load_config(base, ["--from_scratch", "true"]).transfer.strategy == "full"
+    scratch = recipe(from_scratch=True)
+    assert load_config(scratch).transfer.strategy == "full"
+    with pytest.raises(HftlError, match="from_scratch .* needs strategy full, not `partial`"):
+        load_config(base, ["--from_scratch", "true", "--strategy", "partial"])
+
+
+@pytest.mark.parametrize("where", ["recipe", "command line"])
+def test_allowed_values_are_checked_in_recipes_and_on_the_command_line(recipe, where):
+    """The parser checks command-line values only; recipe values get the same check and the same message."""
+    args = (recipe(cache_features="on"), []) if where == "recipe" else (recipe(), ["--cache_features", "on"])
+    with pytest.raises(HftlError, match="Unknown cache_features `on`.*Choose one of: auto, off, memory, disk"):
+        load_config(*args)

@@ -41,7 +41,7 @@ def runs(tmp_path_factory, tiny_bert, sentiment_csv):
 def test_cache_is_used_only_when_asked_or_automatic(runs):
     assert "cached 216 train features" not in runs["off"]["stdout"]
     assert "cached 216 train features" in runs["auto"]["stdout"]
-    assert (runs["disk"]["dir"] / "feature_cache" / "train-rank0").is_dir()  # one folder per rank
+    assert (runs["disk"]["dir"] / "feature_cache" / "rank0" / "train").is_dir()  # one folder per rank
 
 
 @pytest.mark.parametrize("mode", ["auto", "disk"])
@@ -82,7 +82,7 @@ def test_saved_folder_predicts_like_the_cached_run(runs):
     "extra, message",
     [
         (["--strategy", "partial", "--unfrozen_groups", "1", "--cache_features", "memory"], "backbone groups train"),
-        (["--cache_features", "sometimes"], "cache_features must be one of"),
+        (["--cache_features", "sometimes"], "Unknown cache_features `sometimes`. Choose one of: auto, off, memory, disk"),
     ],
 )
 def test_impossible_cache_requests_are_refused(runs, tmp_path, capsys, extra, message):

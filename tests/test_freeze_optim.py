@@ -244,11 +244,11 @@ def test_transfer_trainer_optimizer_carries_the_plan(tiny_bert, sentiment_csv, t
     )
     config = load_config(str(recipe))
     built = run.build(config)
-    encoded = built.task.encode(config, built.raw, built.processor)
+    encoded = built.task.encode(config, built.raw, built.loaded)
     before = {n: p.detach().clone() for n, p in built.model.named_parameters()}
     trainer = TransferTrainer(
         model=built.model, args=config.training, train_dataset=encoded["train"],
-        processing_class=built.processor, data_collator=built.task.collator(built.processor),
+        processing_class=built.processor, data_collator=built.task.collator(built.loaded),
         assignment=built.assignment,
     )
     trainer.train()

@@ -20,67 +20,19 @@ import torch
 from PIL import Image
 
 from conftest import write_csv, write_recipe
-from test_config_cli import _error, _snapshot, previous_run  # noqa: F401  (fixture)
+from helpers import SIZES, cli_error, colour_image, launch, make_tiny_dinov2, make_tiny_vit, snapshot, write_folder
 
 from hftl.cli import main
 from hftl.config import DataArgs
 from hftl.errors import HftlError
 
-COLOURS = {"blue": (40, 50, 210), "green": (40, 190, 60), "red": (210, 40, 40)}
-SIZES = [(24, 24), (28, 20), (18, 26), (32, 32), (16, 16)]  # (width, height): mixed aspect ratios, some < 32
 FAST = dict(
     task="image-classification", num_train_epochs=1, per_device_train_batch_size=8,
     per_device_eval_batch_size=16, eval_strategy="epoch", learning_rate=2e-3, seed=0,
 )
 
 
-# ---------------------------------------------------------------- builders
-
-
-def colour_image(colour: str, size=(24, 24), seed: int = 0) -> Image.Image:
-    """An image that is mostly `colour`, with pixel noise, so each class looks clearly different."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    base = np.array(COLOURS[colour], dtype=np.int16)[None, None, :]
-    pixels = np.clip(base + rng.integers(-35, 36, (height, width, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, mode="RGB")
-
-
-def write_folder(root: Path, classes=("blue", "red"), per_class: int = 12, start: int = 0) -> Path:
-    """root/<class>/<class>_<i>.png with images of several sizes."""
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            colour_image(name, SIZES[i % len(SIZES)], seed=1000 * c + i).save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def make_tiny_vit(path: Path) -> Path:
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8)
-    ViTModel(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return Path(path)
-
-
-def make_tiny_dinov2(path: Path) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                          image_size=32, patch_size=8)
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 36}, do_center_crop=True, crop_size={"height": 32, "width": 32},
-                      resample=3).save_pretrained(path)
-    return Path(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory) -> Path:
-    return make_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+# ---------------------------------------------------------------- fixtures (tiny_vit is in conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +81,17 @@ def _held_out(results: dict, prefix: str) -> None:
 
 def test_tiny_checkpoints_load_through_the_task(tiny_vit, tiny_dinov2, tmp_path):
     from hftl.config import load_config
-    from hftl.tasks import image_classification as task
+    from hftl.tasks import get_task
     from hftl.tasks.classification import Labels
 
     for folder, kind, side in ((tiny_vit, "ViTForImageClassification", 32), (tiny_dinov2, "Dinov2ForImageClassification", 32)):
         recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), dataset="unused")
         config = load_config(str(recipe))
-        model, processor = task.build_model(config, Labels(["a", "b", "c"], False, "label"))
+        loaded = get_task("image-classification").build_model(config, Labels(["a", "b", "c"], False, "label"))
+        model = loaded.model
         assert type(model).__name__ == kind
         assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.classifier.out_features == 3
-        assert task._PREPROCESS[processor].side == (side, side)
+        assert loaded.preprocess.side == (side, side)
 
 
 # ---------------------------------------------------------------- 2. data paths, each a short real run
@@ -479,9 +432,9 @@ def test_cli_image_size_on_dinov2_saves_a_matching_processor(tiny_dinov2, colour
 
 def _refused(capsys, previous_run, recipe: Path, *extra: str) -> str:
     """Exit 2, one message, no traceback, and the earlier run in output_dir untouched (overwrite allowed)."""
-    before = _snapshot(previous_run)
-    message = _error(capsys, ["train", str(recipe), "--overwrite_output_dir", "true", *extra])
-    assert _snapshot(previous_run) == before
+    before = snapshot(previous_run)
+    message = cli_error(capsys, ["train", str(recipe), "--overwrite_output_dir", "true", *extra])
+    assert snapshot(previous_run) == before
     assert "output_dir" not in message  # refused for the data, not for the folder
     return message
 
@@ -610,7 +563,7 @@ def test_augmented_images_are_not_cached(tiny_vit, colour_folder, tmp_path, caps
     stdout = _train(recipe)
     assert "cached" not in stdout and "Extracting features" not in stdout
     _held_out(_results(out), "eval")
-    message = _error(capsys, ["train", str(recipe), "--cache_features", "memory", "--output_dir", str(tmp_path / "new")])
+    message = cli_error(capsys, ["train", str(recipe), "--cache_features", "memory", "--output_dir", str(tmp_path / "new")])
     assert "cache_features=memory" in message and "augment" in message
 
 
@@ -620,7 +573,7 @@ def test_refused_cache_request_writes_nothing(tiny_vit, colour_folder, tmp_path,
                      output_dir=str(previous_run))
     assert "augment" in _refused(capsys, previous_run, recipe)
     fresh = tmp_path / "fresh"
-    assert "augment" in _error(capsys, ["train", str(recipe), "--output_dir", str(fresh)])
+    assert "augment" in cli_error(capsys, ["train", str(recipe), "--output_dir", str(fresh)])
     assert not fresh.exists() or not any(fresh.iterdir())
 
 
@@ -683,23 +636,6 @@ def test_builtin_mnist_5k():
 # ---------------------------------------------------------------- 9. distributed (slow)
 
 
-def _launch(recipe: Path, cwd: Path, *extra: str):
-    """`accelerate launch --multi_gpu --num_processes 2 -m hftl train` on CPU (gloo), as in test_ddp.py."""
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(bin_dir / "accelerate"), "launch", "--config_file", str(repo / "recipes" / "accelerate" / "cpu-ddp-2.yaml"),
-               "--multi_gpu", "--num_processes", "2", "-m", "hftl", "train", str(recipe), *extra]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
-
-
 def _single_process_eval(out: Path, folder: Path) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the saved model and processor over an image folder, in this process."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -736,7 +672,7 @@ def test_two_process_ddp_image_folder(ddp_setup):
     from safetensors.torch import load_file
 
     root, out = ddp_setup["root"], ddp_setup["root"] / "run"
-    _launch(ddp_setup["recipe"], root)
+    launch(ddp_setup["recipe"], root)
 
     report = json.loads((out / "replica_check.json").read_text())
     assert report["world_size"] == 2 and report["in_sync"] is True
@@ -770,7 +706,7 @@ def test_two_process_ddp_image_folder(ddp_setup):
 )
 def test_ddp_eval_loss_with_a_padded_last_batch(ddp_setup):
     root, out = ddp_setup["root"], ddp_setup["root"] / "run-eval16"
-    _launch(ddp_setup["recipe"], root, "--per_device_eval_batch_size", "16", "--output_dir", str(out))
+    launch(ddp_setup["recipe"], root, "--per_device_eval_batch_size", "16", "--output_dir", str(out))
     metrics = _results(out)
     loss, accuracy = _single_process_eval(out, ddp_setup["data"] / "validation")
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-
 from conftest import write_csv, write_recipe
-from test_config_cli import _error, _snapshot, previous_run, recipe  # noqa: F401  (fixtures)
+from helpers import cli_error, snapshot
 
 from hftl.cli import main
 from hftl.config import load_config
 
 
 def test_resume_without_a_checkpoint_is_refused_before_writing(recipe, previous_run, capsys):
-    before = _snapshot(previous_run)
-    message = _error(capsys, ["train", recipe(), "--resume_from_checkpoint", "true"])
+    before = snapshot(previous_run)
+    message = cli_error(capsys, ["train", recipe(), "--resume_from_checkpoint", "true"])
     assert "holds no checkpoint" in message
-    message = _error(capsys, ["train", recipe(), "--resume_from_checkpoint", str(previous_run / "checkpoint-99")])
+    message = cli_error(capsys, ["train", recipe(), "--resume_from_checkpoint", str(previous_run / "checkpoint-99")])
     assert "is not a complete checkpoint folder" in message
-    assert _snapshot(previous_run) == before
+    assert snapshot(previous_run) == before
 
 
 def test_freeze_as_a_string_and_repeated_freeze_flags(recipe):
@@ -33,35 +32,35 @@ def test_dash_flags_are_recorded_as_user_keys(recipe):
 
 
 def test_wrong_value_types_in_the_recipe(recipe, capsys):
-    assert "single value" in _error(capsys, ["plan", recipe(learning_rate=[1, 2])])
-    assert "Bad value" in _error(capsys, ["plan", recipe(num_train_epochs="many")])
+    assert "single value" in cli_error(capsys, ["plan", recipe(learning_rate=[1, 2])])
+    assert "Bad value" in cli_error(capsys, ["plan", recipe(num_train_epochs="many")])
 
 
 def test_freeze_everything_is_refused(recipe, capsys):
-    assert "nothing to train" in _error(capsys, ["plan", recipe(freeze=".")])
+    assert "nothing to train" in cli_error(capsys, ["plan", recipe(freeze=".")])
 
 
 def test_single_class_and_non_text_columns(tmp_path, recipe, capsys):
     one = write_csv(tmp_path / "one.csv", [{"text": f"good {i}", "label": "pos", "n": i} for i in range(20)])
-    assert "at least 2" in _error(capsys, ["plan", recipe(train_file=str(one), test_file=None)])
+    assert "at least 2" in cli_error(capsys, ["plan", recipe(train_file=str(one), test_file=None)])
     two = write_csv(tmp_path / "two.csv", [{"text": "good", "label": ["a", "b"][i % 2], "n": i} for i in range(20)])
-    message = _error(capsys, ["plan", recipe(train_file=str(two), test_file=None, text_column="n")])
+    message = cli_error(capsys, ["plan", recipe(train_file=str(two), test_file=None, text_column="n")])
     assert "not text" in message and "text, label, n" in message
 
 
 def test_unknown_best_metric_and_missing_integration(recipe, capsys):
-    message = _error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--metric_for_best_model", "f1"])
+    message = cli_error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--metric_for_best_model", "f1"])
     assert "accuracy" in message and "f1_macro" in message
-    message = _error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--report_to", "wandb"])
+    message = cli_error(capsys, ["train", recipe(), "--overwrite_output_dir", "true", "--report_to", "wandb"])
     assert "pip install wandb" in message
 
 
 def test_carved_validation_is_stratified_for_string_labels(tmp_path, recipe):
     rows = [{"text": "good day", "label": "pos"}] * 30 + [{"text": "bad day", "label": "neg"}] * 10
     data = write_csv(tmp_path / "skewed.csv", rows)
-    from hftl.tasks import text_classification
+    from hftl.tasks import get_task
 
-    raw, labels = text_classification.load_data(load_config(recipe(train_file=str(data), test_file=None, validation_split=0.25)))
+    raw, labels = get_task("text-classification").load_data(load_config(recipe(train_file=str(data), test_file=None, validation_split=0.25)))
     counts = sorted(raw["validation"]["labels"])
     assert counts.count(1) == 7 or counts.count(1) == 8  # 3:1 kept, not left to chance
     assert counts.count(0) in (2, 3) and len(counts) == 10
@@ -89,7 +88,7 @@ def test_deberta_v2_plans_through_the_cli(tmp_path, tiny_bert, sentiment_csv):
 def test_empty_validation_label_is_named_as_empty(tmp_path, recipe, capsys):
     train = write_csv(tmp_path / "t.csv", [{"text": "good", "label": ["pos", "neg"][i % 2]} for i in range(20)])
     val = write_csv(tmp_path / "v.csv", [{"text": "good", "label": "pos"}, {"text": "bad", "label": ""}])
-    message = _error(capsys, ["plan", recipe(train_file=str(train), validation_file=str(val), test_file=None)])
+    message = cli_error(capsys, ["plan", recipe(train_file=str(train), validation_file=str(val), test_file=None)])
     assert "1 rows with an empty label" in message
 
 
@@ -122,7 +121,7 @@ def test_reproduce_command_names_the_launcher_under_distributed(monkeypatch):
 
 
 def test_resume_true_skips_a_checkpoint_left_half_written(tmp_path, capsys):
-    from hftl.commands.train import _last_complete_checkpoint
+    from hftl.engine.preflight import last_complete_checkpoint as _last_complete_checkpoint
 
     done = tmp_path / "checkpoint-10"
     done.mkdir()

@@ -241,7 +241,9 @@ def test_json_jsonl_and_parquet_data(tiny_bert, tmp_path, fmt):
 
 
 def test_validation_is_carved_from_train_with_a_fixed_seed(tiny_bert, sentiment_csv, tmp_path):
-    from hftl.tasks.text_classification import load_data
+    from hftl.tasks import get_task
+
+    load_data = get_task("text-classification").load_data
 
     recipe = str(write_recipe(
         tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), train_file=str(sentiment_csv / "train.csv"),
@@ -266,7 +268,7 @@ def test_from_scratch_starts_from_random_weights(tiny_bert, sentiment_csv, tmp_p
     ))
     checkpoint = {n: p for n, p in AutoModel.from_pretrained(tiny_bert).named_parameters()}
     pretrained = run.build(load_config(recipe)).model
-    scratch_built = run.build(load_config(recipe, ["--from_scratch", "true", "--strategy", "partial"]))
+    scratch_built = run.build(load_config(recipe, ["--from_scratch", "true"]))
     scratch = scratch_built.model
     key = "embeddings.word_embeddings.weight"
     assert torch.equal(dict(pretrained.bert.named_parameters())[key], checkpoint[key])
@@ -276,8 +278,9 @@ def test_from_scratch_starts_from_random_weights(tiny_bert, sentiment_csv, tmp_p
     assert all(p.requires_grad for p in scratch.parameters())  # from scratch trains everything
     # and through the CLI: the card says so, the run finishes
     out = tmp_path / "scratch"
-    stdout = _train([recipe, "--from_scratch", "true", "--strategy", "partial", "--output_dir", str(out), "--max_steps", "3"])
-    assert "strategy `partial` becomes `full`" in stdout
+    assert main(["train", recipe, "--from_scratch", "true", "--strategy", "partial", "--output_dir", str(out)]) == 2
+    assert not out.exists()  # refused before anything is written: a partial plan cannot be honoured from scratch
+    _train([recipe, "--from_scratch", "true", "--output_dir", str(out), "--max_steps", "3"])
     assert "from scratch: random initialisation" in (out / "README.md").read_text()
     saved = AutoModel.from_pretrained(out)
     assert not torch.allclose(dict(saved.named_parameters())[key], checkpoint[key])

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from hftl.config import RunConfig
 from hftl.errors import HftlError
 from hftl.engine.pooling import masked_mean
+
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
 
 MIN_PER_CLASS = 2  # a cross-validated probe fits on one example of a class and scores on another
 FOLDS = 5
@@ -72,15 +75,15 @@ def stratified_sample(train: Dataset, n: int, seed: int, multi_label: bool) -> D
 
 
 @torch.inference_mode()
-def features(config: RunConfig, task, model, processor, sample: Dataset, batch_size: int = 32):
+def features(config: RunConfig, task, loaded, sample: Dataset, batch_size: int = 32):
     """(mean of tokens, first token) of the frozen backbone's last hidden state, inputs prepared exactly as
     the task does for evaluation (no augmentation), padding excluded from the mean. The first token is what
     BERT's and ViT's classification heads read; the mean is what sentence encoders were trained to make."""
     eval_config = copy.deepcopy(config)
     eval_config.data.augment = False
-    encoded = task.encode(eval_config, DatasetDict(train=sample), processor)["train"]
-    collate = task.collator(processor)
-    encoder = model.base_model
+    encoded = task.encode(eval_config, DatasetDict(train=sample), loaded)["train"]
+    collate = task.collator(loaded)
+    encoder = loaded.model.base_model
     encoder.eval()
     device = config.training.device
     encoder.to(device)

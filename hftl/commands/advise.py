@@ -26,25 +26,26 @@ from hftl.advice.guide import Advice, Measurements, decide, domain
 from hftl.engine.layers import layer_groups
 from hftl.tasks import get_task
 
-SUPPORTED = ("text-classification", "image-classification")
-
-
 def measure(config: RunConfig, samples: int) -> Measurements:
     """Everything the guide asks about, from the data and the frozen checkpoint."""
-    if config.transfer.task not in SUPPORTED:
+    task = get_task(config.transfer.task)
+    if not task.capabilities.compare:
+        from hftl.tasks import TASKS
+
+        covered = [name for name in TASKS if get_task(name).capabilities.compare]
         raise HftlError(
-            f"hftl advise covers {' and '.join(SUPPORTED)}; task `{config.transfer.task}` is not one of them. For CLIP, "
+            f"hftl advise covers {' and '.join(covered)}; task `{config.transfer.task}` is not one of them. For CLIP, "
             "`clip_mode: zero_shot` measures how far the pre-trained model already gets."
         )
     if config.model.from_scratch:
         raise HftlError("hftl advise measures a pre-trained checkpoint: drop `from_scratch`.")
-    task = get_task(config.transfer.task)
     raw, labels = task.load_data(config)
     per_class = _class_counts(raw["train"]["labels"], labels)
     probe.check_probe_size(per_class, labels.multi_label)
-    model, processor = task.build_model(config, labels)
+    loaded = task.build_model(config, labels)
+    model, processor = loaded.model, loaded.processor
     sample = probe.stratified_sample(raw["train"], samples, config.data.split_seed, labels.multi_label)
-    pretrained, first, random_weights = _probes(config, task, model, processor, labels, sample)
+    pretrained, first, random_weights = _probes(config, task, loaded, sample)
     m = Measurements(
         model=config.model.model_name_or_path, dataset=config.data.dataset or config.data.train_file or "",
         examples=len(raw["train"]), per_class=per_class, validation=len(raw.get("validation", [])),
@@ -53,19 +54,18 @@ def measure(config: RunConfig, samples: int) -> Measurements:
         backbone_groups=sum(1 for g in layer_groups(model) if not g.is_head),
         parameters=sum(p.numel() for p in model.parameters()), probe_first=first, probe_random=random_weights,
     )
-    if config.transfer.task == "text-classification":
+    if task.capabilities.text_embeddings:
         texts = [t or "" for t in sample[config.data.text_column]]
         m.tokenizer = probe.tokenizer_stats(processor, texts)
-        from hftl.tasks.checkpoints import model_source
-
-        scored = probe.masked_lm(model_source(config), config.model.revision, config.model.trust_remote_code, processor,
+        scored = probe.masked_lm(task.model_source(config), config.model.revision, config.model.trust_remote_code, processor,
                                  texts[:256], config.data.max_length, config.training.device)
         m.mlm = {"loss": scored[0], "accuracy": scored[1]} if scored else None
     return m
 
 
-def _probes(config: RunConfig, task, model, processor, labels, sample):
+def _probes(config: RunConfig, task, loaded, sample):
     """Linear probes on the sample: pre-trained mean of tokens, pre-trained first token, random weights' mean."""
+    labels = loaded.labels
     targets = np.asarray(sample["labels"], dtype=np.float32 if labels.multi_label else np.int64)
 
     def fit(x):
@@ -73,12 +73,12 @@ def _probes(config: RunConfig, task, model, processor, labels, sample):
 
     batch = config.training.per_device_eval_batch_size
     print(f"hftl: probing frozen features of {len(sample):,} training examples, pre-trained and random ...")
-    mean, first = probe.features(config, task, model, processor, sample, batch)
+    mean, first = probe.features(config, task, loaded, sample, batch)
     random_config = copy.deepcopy(config)
     random_config.model.from_scratch = True
     set_seed(config.training.seed)
-    random_model, _ = task.build_model(random_config, labels)
-    return fit(mean), fit(first), fit(probe.features(config, task, random_model, processor, sample, batch)[0])
+    random_weights = task.build_model(random_config, labels)
+    return fit(mean), fit(first), fit(probe.features(config, task, random_weights, sample, batch)[0])
 
 
 def _class_counts(column, labels) -> dict[str, int]:

@@ -13,6 +13,7 @@ import yaml
 
 from hftl.data import builtin
 from hftl.config import RunConfig, split_tokens
+from hftl.commands.outline import Run
 from hftl.engine.plan import PlanRow, markdown
 
 STRATEGY_TEXT = {
@@ -59,45 +60,13 @@ def _metadata(config: RunConfig, pipeline_tag: str, metrics: dict) -> dict:
     return meta
 
 
-def _inputs(config: RunConfig) -> str:
-    data = config.data
-    if config.transfer.task == "image-classification":
-        size = f", {data.image_size} px" if data.image_size else ""
-        aug = f"random resized crop (min area {data.crop_min_scale:g}){' + flip' if data.hflip else ''}" if data.augment else "no augmentation"
-        return f"image column `{data.image_column}`{size}, {aug}"
-    if config.transfer.task == "clip":
-        prompts = "; ".join(data.prompt_templates) or "a photo of a {label}."
-        return f"image column `{data.image_column}` with captions `{data.caption_column}` or prompts `{prompts}`"
-    pair = f" + `{data.text_pair_column}`" if data.text_pair_column else ""
-    return f"text column `{data.text_column}`{pair}"
-
-
-def _rates(config: RunConfig) -> str:
-    t, lr = config.transfer, config.training.learning_rate
-    head = t.head_lr if t.head_lr is not None else lr
-    if t.task != "clip":
-        return f"base {lr:g}, layer_decay {t.layer_decay:g}, head {head:g}"
-    from hftl.engine.towers import setting
-
-    towers = "; ".join(
-        f"{tower} tower {setting(config, tower, 'strategy')}"
-        + (f" (top {setting(config, tower, 'unfrozen_groups')})" if setting(config, tower, "strategy") == "partial" else "")
-        + f", top block {setting(config, tower, 'learning_rate'):g}, layer_decay {setting(config, tower, 'layer_decay'):g}"
-        for tower in ("vision", "text")
-    )
-    return f"{towers}; projections {head:g}; logit_scale {lr:g} (mode {t.clip_mode})"
-
-
-def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, labels: list[str], pipeline_tag: str) -> str:
+def render(run: Run, metrics: dict) -> str:
+    config, task, rows, labels = run.config, run.task, run.rows, run.labels.names
     strategy = STRATEGY_TEXT[config.transfer.strategy].format(n=config.transfer.unfrozen_groups)
     if config.model.from_scratch:
         strategy = "from scratch: random initialisation of the architecture, every layer trains (no transfer)"
-    if config.transfer.task == "clip":
-        strategy = {
-            "contrastive": "contrastive image-text fine-tuning, a freeze plan per tower",
-            "zero_shot": "zero-shot classification: no training",
-            "linear_probe": "linear probe on frozen, cached image embeddings (zero-shot initialised)",
-        }[config.transfer.clip_mode]
+    strategy = task.describe_strategy(config) or strategy
+    pipeline_tag, command = task.pipeline_task, run.command
     data = config.data.dataset or config.data.train_file
     metric_lines = [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if _reported(k)]
     front = yaml.safe_dump(_metadata(config, pipeline_tag, metrics), sort_keys=False).strip()
@@ -110,9 +79,9 @@ def render(config: RunConfig, rows: list[PlanRow], metrics: dict, command: str, 
 Fine-tuned with hftl (layer-wise learning rates and a freeze plan on the Hugging Face Trainer) for {pipeline_tag}.
 
 - **Base model:** {_source(config.model.model_name_or_path)}
-- **Data:** {_source(data)}; {_inputs(config)}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})
+- **Data:** {_source(data)}; {task.describe_inputs(config)}, labels `{config.data.label_column}` ({len(labels)} classes: {", ".join(labels[:20])}{" ..." if len(labels) > 20 else ""})
 - **Strategy:** {strategy}
-- **Learning rates:** {_rates(config)}; {config.training.num_train_epochs:g} epochs, batch {config.training.per_device_train_batch_size} per device, seed {config.training.seed}
+- **Learning rates:** {task.describe_rates(config)}; {config.training.num_train_epochs:g} epochs, batch {config.training.per_device_train_batch_size} per device, seed {config.training.seed}
 
 ## Layer-group plan
 

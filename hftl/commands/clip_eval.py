@@ -1,7 +1,8 @@
 """CLIP modes beside contrastive fine-tuning: zero-shot evaluation and the linear probe.
 
-Both read the same recipe keys as the contrastive mode and write into `output_dir`: metrics
-(`all_results.json`), the resolved recipe and a model card; the linear probe also its classifier
+Both are `Mode`s of `hftl train` (commands/outline.py): they read the same recipe keys as the
+contrastive mode, keep the towers frozen, and write into `output_dir`: the resolved recipe,
+metrics (`all_results.json`) and a model card; the linear probe also its classifier
 (`linear_probe.safetensors`, with `linear_probe_labels.json`) and the Trainer's state.
 """
 
@@ -14,97 +15,85 @@ import numpy as np
 import torch
 from torch import nn
 
-from hftl import metrics
+from hftl import metrics as metric_modules
 from hftl.commands import card
-from hftl.config import RunConfig, write_resolved
-from hftl.errors import HftlError
+from hftl.commands.outline import Inputs, Mode, Run
 from hftl.engine.layers import LayerGroup
 from hftl.engine.optim import assign
 from hftl.engine.plan import plan_rows
-from hftl.tasks.classification import Labels
-from hftl.tasks.zero_shot import class_embeddings, image_embeddings, zero_shot_accuracy
+from hftl.tasks.zero_shot import class_embeddings, image_embeddings
 
 
-def run(config: RunConfig, command: str) -> dict:
-    from hftl.commands import train as engine
-    from hftl.tasks import clip
+class ZeroShotMode(Mode):
+    """No training: zero-shot accuracy on every held-out split."""
 
-    engine._preflight(config)
-    if config.data.augment:
-        print(f"hftl: clip_mode {config.transfer.clip_mode} embeds each image once: augment is turned off.")
-        config.data.augment = False
-    task = clip
-    raw, labels = task.load_data(config)
-    if len(labels.names) < 2:
-        raise HftlError("Zero-shot classification and the linear probe need at least 2 classes in `label_column`.")
-    model, processor = task.build_model(config, labels)
-    model.requires_grad_(False)
-    encoded = task.encode(config, raw, processor)
-    device = config.training.device
-    model.to(device).eval()
-    out = Path(config.training.output_dir)
-    main_process = config.training.process_index == 0
-    if config.transfer.clip_mode == "zero_shot":
-        metrics = task.zero_shot_metrics(config, model, processor, labels, encoded)
-        for split in ("validation", "test"):
-            if split in encoded and f"zero_shot_{split}_accuracy" not in metrics:
-                metrics[f"zero_shot_{split}_accuracy"] = zero_shot_accuracy(
-                    model, processor, encoded[split], labels.names, clip.templates(config), device,
-                    config.training.per_device_eval_batch_size)
-        rows = []
-    else:
-        metrics, rows = _linear_probe(config, model, processor, labels, encoded)
-    if main_process:
+    def build(self, config, task, resume=None) -> Run:
+        raw, labels = task.load_data(config)
+        loaded = task.build_model(config, labels)
+        loaded.model.requires_grad_(False)
+        loaded.model.to(config.training.device).eval()
+        return Run(config, task, raw, loaded, resume)
+
+    def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
+        return run.task.zero_shot_metrics(run.config, run.loaded, inputs.datasets, splits=("validation", "test"))
+
+    def save(self, run: Run, metrics: dict) -> None:
+        if not run.main_process:
+            return
+        out = Path(run.config.training.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "all_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        write_resolved(config, out / "hftl_config.yaml")
-        card.write(out, card.render(config, rows, metrics, command, labels.names, clip.PIPELINE_TASK))
+        card.write(out, card.render(run, metrics))
         for key, value in sorted(metrics.items()):
             print(f"  {key:<40} = {value:.4f}" if isinstance(value, float) else f"  {key:<40} = {value}")
         print(f"hftl: metrics and model card written to {out}")
-    return metrics
 
 
-def _linear_probe(config: RunConfig, model, processor, labels, encoded) -> tuple[dict, list]:
-    """Train a linear classifier on cached, normalised image embeddings (zero-shot initialised); the zero-shot
-    accuracy before it comes from the same cached embeddings."""
-    from hftl.tasks import clip
-    from hftl.engine.trainer import TransferTrainer
+class LinearProbeMode(ZeroShotMode):
+    """A linear classifier on cached, normalised image embeddings, initialised from the zero-shot class
+    embeddings; the zero-shot accuracy before it comes from the same cached embeddings."""
 
-    args = config.training
-    device = args.device
-    features = {split: features_dataset(model, ds, device, args.per_device_eval_batch_size) for split, ds in encoded.items()}
-    for split, ds in features.items():
-        print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers run once).")
-    classes = class_embeddings(model, processor.tokenizer, labels.names, clip.templates(config), device).cpu()
-    split = clip.eval_split(encoded)
-    held = features[split][:]  # every row at once, as tensors
-    predicted = (held["features"] @ classes.T).argmax(-1)
-    before = {f"zero_shot_{split}_accuracy": float((predicted == held["labels"]).float().mean())}
-    scale = float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE))
-    probe = LinearProbe(classes, scale)
-    head = LayerGroup("head", list(probe.named_parameters()))
-    lr = config.transfer.head_lr if config.transfer.head_lr is not None else args.learning_rate
-    assignment = assign([head], {"head": lr}, args.weight_decay)
-    args.label_names = ["labels"]
-    args.prediction_loss_only = False
-    trainer = TransferTrainer(
-        model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
-        compute_metrics=probe_metrics(labels), assignment=assignment,
-    )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    metrics = dict(before)
-    for split, prefix in (("validation", "eval"), ("test", "test")):
-        if split in features:
-            metrics.update(trainer.evaluate(features[split], metric_key_prefix=prefix))
-    if args.process_index == 0:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        write_probe(args.output_dir, probe.classifier, labels.names)
-        trainer.save_state()
-    return metrics, plan_rows([head], assignment)
+    def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
+        from hftl.engine.trainer import TransferTrainer
+        from hftl.tasks import clip
+
+        config, model, names = run.config, run.model, run.labels.names
+        args = config.training
+        features = {split: features_dataset(model, ds, args.device, args.per_device_eval_batch_size)
+                    for split, ds in inputs.datasets.items()}
+        for split, ds in features.items():
+            print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers "
+                  "run once).")
+        classes = class_embeddings(model, run.loaded.processor.tokenizer, names, clip.templates(config), args.device).cpu()
+        split = clip.eval_split(inputs.datasets)
+        held = features[split][:]  # every row at once, as tensors
+        predicted = (held["features"] @ classes.T).argmax(-1)
+        metrics = {f"zero_shot_{split}_accuracy": float((predicted == held["labels"]).float().mean())}
+        self.probe = probe = LinearProbe(classes, float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE)))
+        head = LayerGroup("head", list(probe.named_parameters()))
+        lr = config.transfer.head_lr if config.transfer.head_lr is not None else args.learning_rate
+        assignment = assign([head], {"head": lr}, args.weight_decay)
+        run.rows = plan_rows([head], assignment)
+        self.trainer = trainer = TransferTrainer(
+            model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
+            compute_metrics=probe_metrics(), assignment=assignment, callbacks=callbacks or None,
+        )
+        trainer.train(resume_from_checkpoint=run.resume)
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            if split in features:
+                metrics.update(trainer.evaluate(features[split], metric_key_prefix=prefix))
+        return metrics
+
+    def save(self, run: Run, metrics: dict) -> None:
+        if run.main_process:
+            out = Path(run.config.training.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_probe(out, self.probe.classifier, run.labels.names)
+            self.trainer.save_state()
+        super().save(run, metrics)
 
 
-def write_probe(folder: str, probe: nn.Linear, names: list[str]) -> None:
+def write_probe(folder: str | Path, probe: nn.Linear, names: list[str]) -> None:
     from safetensors.torch import save_file
 
     save_file({"weight": probe.weight.detach().cpu().contiguous(), "bias": probe.bias.detach().cpu().contiguous()},
@@ -135,8 +124,8 @@ class LinearProbe(nn.Module):
         return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
 
 
-def probe_metrics(labels: Labels):
-    accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
+def probe_metrics():
+    accuracy, f1 = metric_modules.load("accuracy"), metric_modules.load("f1")
 
     def compute(eval_pred):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

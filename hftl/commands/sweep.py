@@ -190,7 +190,9 @@ def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
     main_process = int(os.environ.get("RANK", "0") or 0) == 0
     if world > 1 and options.launcher:
         raise HftlError("--launcher starts each strategy's processes itself: run `hftl sweep` without accelerate launch.")
-    if base.transfer.task not in ("text-classification", "image-classification"):
+    from hftl.tasks import get_task
+
+    if not get_task(base.transfer.task).capabilities.compare:
         raise HftlError(f"hftl sweep compares classification strategies; task `{base.transfer.task}` has its own "
                         "comparisons (for CLIP: clip_mode zero_shot / linear_probe / contrastive, and hftl wise-ft).")
     state = _open(folder, recipe, overrides, options, world)

@@ -1,84 +1,153 @@
 """`hftl plan` and `hftl train`: build the model and its plan, then (for train) fine-tune it.
 
+`train` is one straight line for every run (commands/outline.py): preflight, build, inputs, the
+run's files, the extras' before halves, the fit, their after halves, the save. The mode decides
+what is fitted: the Trainer here (`TrainerMode`), or a task's own evaluation (commands/clip_eval.py).
+
 Order matters for "nothing already written is lost": every check that can fail on bad input
-(config, output_dir, data, model, plan) runs before the first file is written.
+(config, output_dir, data, model, plan, extras) runs before the first file is written.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import EarlyStoppingCallback, default_data_collator, set_seed
+from transformers import EarlyStoppingCallback, set_seed
 
-from hftl.commands import card
-from hftl.config import RunConfig, check_output_dir, write_resolved
+from hftl.commands import card, clip_eval
+from hftl.commands.extras import extras_for
+from hftl.commands.outline import Inputs, Mode, Run
+from hftl.config import RunConfig, write_resolved
+from hftl.engine import preflight
+from hftl.engine.freeze import set_frozen_eval
+from hftl.engine.layers import layer_groups
+from hftl.engine.optim import assign
+from hftl.engine.phases import PhaseController, check_resume, describe, schedule, write_plan_record
+from hftl.engine.plan import plan_rows, text_table, write_plan
 from hftl.errors import HftlError
-from hftl.engine.features import BackboneSwap, cached_splits, should_cache
-from hftl.forgetting.report import knn_accuracy
-from hftl.engine.freeze import FreezePlan, set_frozen_eval
-from hftl.engine import towers
-from hftl.engine.layers import LayerGroup, is_dual_encoder, layer_groups
-from hftl.engine.phases import Phase, PhaseController, check_resume, describe, schedule, write_plan_record
-from hftl.engine.optim import Assignment, assign, group_lrs
-from hftl.forgetting.penalties import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
-from hftl.engine.plan import PlanRow, plan_rows, text_table, write_plan
 from hftl.tasks import get_task
 
 
-@dataclass
-class Built:
-    task: object
-    raw: object
-    labels: object
-    model: object
-    processor: object
-    groups: list[LayerGroup]
-    assignment: dict[str, Assignment]
-    rows: list[PlanRow]
-    phases: list[Phase]
-    replay: object = None  # replay.Replay when replay_data is set
+def plan_record(config: RunConfig) -> dict:
+    """The settings that decide a run's phases: a checkpoint records them, a resume must match them."""
+    t = config.transfer
+    return {
+        "strategy": t.strategy, "unfrozen_groups": t.unfrozen_groups if t.strategy == "partial" else None,
+        "freeze": list(t.freeze), "head_warmup_epochs": t.head_warmup_epochs, "unfreeze_every": t.unfreeze_every,
+    }
 
 
-def build(config: RunConfig) -> Built:
-    """Data, model and plan, with every input check done; writes nothing."""
-    if config.model.from_scratch and config.transfer.strategy != "full":
-        print(f"hftl: from_scratch trains every layer: strategy `{config.transfer.strategy}` becomes `full`.")
-        config.transfer.strategy = "full"
-    task = get_task(config.transfer.task)
-    raw, labels = task.load_data(config)
-    set_seed(config.training.seed)  # the new head's initialisation is part of the run
-    model, processor = task.build_model(config, labels)
-    replay = None
-    if config.transfer.replay_data:
-        from hftl.forgetting.replay import Replay
+class TrainerMode(Mode):
+    """Fine-tuning through TransferTrainer: the plan, the phases, the penalties, the saved model."""
 
-        replay = Replay(config, task, processor, model)
-        replay.attach(model)  # a head like the target's: in the head group, trained at head_lr
-    groups = layer_groups(model)
-    if is_dual_encoder(model):
-        state, lrs = towers.apply_plan(config, groups)  # a freeze plan and lrs per tower
-    else:
-        plan = FreezePlan(config.transfer.strategy, config.transfer.unfrozen_groups, tuple(config.transfer.freeze))
-        state = plan.apply(groups)
-        lrs = group_lrs(groups, config.training.learning_rate, config.transfer.layer_decay, config.transfer.head_lr)
-    if config.transfer.strategy == "lora":
+    def build(self, config: RunConfig, task, resume: str | None = None) -> Run:
+        """Data, model and plan, with every input check done; writes nothing."""
+        raw, labels = task.load_data(config)
+        set_seed(config.training.seed)  # the new head's initialisation is part of the run
+        run = Run(config, task, raw, task.build_model(config, labels), resume)
+        if config.transfer.replay_data:
+            from hftl.forgetting.replay import Replay
+
+            run.replay = Replay(config, task, run.loaded)
+            run.replay.attach(run.model)  # a head like the target's: in the head group, trained at head_lr
+        groups = layer_groups(run.model)
+        state, lrs = task.apply_plan(config, groups)
+        if config.transfer.strategy == "lora":
+            groups = self._lora(config, task, run, groups)
+            state = {n: p.requires_grad for g in groups for n, p in g.params}
+        if not any(state.values()):
+            raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched "
+                            "in parameter names).")
+        trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
+        run.phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
+        set_frozen_eval(run.model, config.transfer.eval_frozen)
+        run.groups, run.assignment = groups, assign(groups, lrs, config.training.weight_decay)
+        run.rows = plan_rows(groups, run.assignment)
+        run.regularizer = _regularizer(config, run)  # reads and checks ewc_data: before any write
+        run.extras = extras_for(config, run)  # a refused cache request is bad input: also before any write
+        return run
+
+    @staticmethod
+    def _lora(config: RunConfig, task, run: Run, groups):
         from hftl.engine import lora
 
-        model = lora.wrap(model, config, groups)
-        groups = layer_groups(model.get_base_model())  # adapters land in their block's group
-        state = {n: p.requires_grad for g in groups for n, p in g.params}
-    trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
-    phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
-    if not any(state.values()):
-        raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched in parameter names).")
-    set_frozen_eval(model, config.transfer.eval_frozen)
-    assignment = assign(groups, lrs, config.training.weight_decay)
-    return Built(task, raw, labels, model, processor, groups, assignment, plan_rows(groups, assignment), phases, replay)
+        t = config.transfer
+        spec = lora.LoraSpec(t.lora_r, t.lora_alpha, t.lora_dropout, tuple(t.lora_target_modules),
+                             task.capabilities.lora_task_type)
+        run.loaded.model = lora.wrap(run.model, groups, spec)
+        return layer_groups(run.model.get_base_model())  # adapters land in their block's group
+
+    def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
+        args = run.config.training
+        self.trainer = trainer = _trainer(run, inputs)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        result = trainer.train(resume_from_checkpoint=run.resume)
+        trainer.replica_check(args.output_dir)
+        metrics = dict(result.metrics)
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            if split in inputs.datasets:
+                metrics.update(trainer.evaluate(inputs.datasets[split], metric_key_prefix=prefix))
+        return metrics
+
+    def save(self, run: Run, metrics: dict) -> None:
+        config, trainer = run.config, self.trainer
+        args = config.training
+        trainer.save_model()
+        if config.transfer.strategy == "lora" and run.main_process:
+            from hftl.engine import lora
+
+            lora.save_for_inference(run.model, args.output_dir, config.transfer.merge_lora, run.loaded.processor)
+        trainer.log_metrics("final", metrics)
+        trainer.save_metrics("all", metrics, combined=False)
+        trainer.save_state()
+        if run.main_process:
+            card.write(args.output_dir, card.render(run, metrics))
+            print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
+        if args.push_to_hub:
+            trainer.push_to_hub()
+
+
+MODES = {"trainer": TrainerMode, "zero_shot": clip_eval.ZeroShotMode, "linear_probe": clip_eval.LinearProbeMode}
+
+
+def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
+    task = get_task(config.transfer.task)
+    mode = MODES[task.mode(config)]()
+    resume = _preflight(config)
+    _reset_peak_memory(config.training.device)
+    run = mode.build(config, task, resume)
+    run.command = command
+    _check_best_metric(run)
+    inputs = Inputs(task.encode(config, run.raw, run.loaded), task.collator(run.loaded))
+    if run.main_process:
+        _write_run_files(run)
+    for extra in run.extras:
+        extra.before(run, inputs)
+    metrics = mode.fit(run, inputs, callbacks or [])
+    for extra in reversed(run.extras):
+        extra.after(run, inputs, metrics)
+    trainable = sum(row.trainable_params for row in run.rows)  # the plan's count: adapters and heads included
+    metrics.update(trainable_params=trainable, **_peak_memory(config.training.device))
+    mode.save(run, metrics)
+    return metrics
+
+
+def build(config: RunConfig) -> Run:
+    """The Trainer mode's data, model and plan for a recipe, checked and written nowhere (`hftl plan`, scripts)."""
+    return TrainerMode().build(config, get_task(config.transfer.task))
+
+
+def plan(config: RunConfig) -> Run:
+    run = build(config)
+    print(text_table(run.rows))
+    if len(run.phases) > 1:
+        print("\n".join(describe(run.phases)))
+    paths = write_plan(run.rows, config.training.output_dir, _title(config))
+    print(f"hftl: plan written to {', '.join(str(p) for p in paths)}")
+    return run
 
 
 def _title(config: RunConfig) -> str:
@@ -86,174 +155,41 @@ def _title(config: RunConfig) -> str:
     return f"{config.model.model_name_or_path} · {origin}"
 
 
-def plan(config: RunConfig) -> Built:
-    built = build(config)
-    print(text_table(built.rows))
-    if len(built.phases) > 1:
-        print("\n".join(describe(built.phases)))
-    paths = write_plan(built.rows, config.training.output_dir, _title(config))
-    print(f"hftl: plan written to {', '.join(str(p) for p in paths)}")
-    return built
+def _preflight(config: RunConfig) -> str | None:
+    """Checks that need no model (output_dir, resume checkpoint, integrations), then the token moves out.
+    Returns the checkpoint folder to resume from."""
+    args = config.training
+    preflight.check_output_dir(args.output_dir, config.transfer.overwrite_output_dir, bool(args.resume_from_checkpoint))
+    resume = preflight.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if resume:
+        check_resume(resume, plan_record(config))
+    preflight.check_integrations(args.report_to)
+    preflight.hide_token(args)
+    return resume
 
 
-def _hide_token(config: RunConfig) -> None:
-    """Move a command-line hub token into the environment, where huggingface_hub finds it.
-
-    The Trainer pickles TrainingArguments into training_args.bin in every checkpoint and in the
-    pushed folder; a token left in the arguments would be uploaded with the model.
-    """
-    if config.training.hub_token:
-        os.environ["HF_TOKEN"] = config.training.hub_token
-        config.training.hub_token = None
-
-
-def _resolve_resume(config: RunConfig) -> None:
-    """`true`/`last` mean the newest checkpoint in output_dir; any other value must be a checkpoint folder."""
-    value = config.training.resume_from_checkpoint
-    if not value:
-        return
-    out = config.training.output_dir
-    if str(value).lower() in ("true", "last"):
-        last = _last_complete_checkpoint(out)
-        if last is None:
-            raise HftlError(
-                f"resume_from_checkpoint={value} but `{out}` holds no checkpoint-* folder. Train with a save_strategy "
-                "first, or pass the checkpoint folder's path."
-            )
-        config.training.resume_from_checkpoint = last
-    elif not _complete(Path(value)):
-        raise HftlError(
-            f"resume_from_checkpoint `{value}` is not a complete checkpoint folder (weights, trainer state and RNG "
-            "state; a run killed while saving leaves an incomplete one). Pass a "
-            f"`{out}/checkpoint-N` folder, or `true` for the newest one."
-        )
-
-
-def _complete(folder: Path) -> bool:
-    """The Trainer writes weights, optimizer, trainer_state.json, then RNG state: all there = finished."""
-    weights = any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin"))
-    return weights and (folder / "trainer_state.json").is_file() and any(folder.glob("rng_state*.pth"))
-
-
-def _last_complete_checkpoint(out: str) -> str | None:
-    """Newest checkpoint-N that was fully written; a kill during a save leaves a partial one behind."""
-    if not os.path.isdir(out):
-        return None
-    folders = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    for folder in reversed(folders):
-        if _complete(folder):
-            return str(folder)
-        print(f"hftl: skipping {folder.name}: incomplete (the run stopped while saving it).")
-    return None
-
-
-def _check_integrations(config: RunConfig) -> None:
-    """A report_to backend that is not installed fails after the plan is written; check it first."""
-    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",), "trackio": ("trackio",)}
-    for name in config.training.report_to or []:
-        needed = packages.get(name)
-        if needed and not any(importlib.util.find_spec(p) for p in needed):
-            raise HftlError(f"report_to includes `{name}` but it is not installed: pip install {needed[0]} (or drop it from report_to).")
-
-
-def _check_best_metric(config: RunConfig, built: Built) -> None:
-    name = config.training.metric_for_best_model
+def _check_best_metric(run: Run) -> None:
+    name = run.config.training.metric_for_best_model
     if not name:
         return
-    valid = [built.task.best_metric(built.labels), "loss", *built.task.metric_names(built.labels)]
+    valid = [run.task.best_metric(run.labels), "loss", *run.task.metric_names(run.labels)]
     if name.removeprefix("eval_") not in valid:
         raise HftlError(
             f"metric_for_best_model `{name}` is not a metric of this task. Choose one of: {', '.join(dict.fromkeys(valid))}."
         )
 
 
-def _preflight(config: RunConfig) -> None:
-    """Checks that need no model: output_dir, resume checkpoint, integrations; then the token moves out."""
-    check_output_dir(config)
-    _resolve_resume(config)
-    if config.training.resume_from_checkpoint:
-        check_resume(config.training.resume_from_checkpoint, config)
-    _check_integrations(config)
-    _hide_token(config)
-
-
-def _write_plan_files(config: RunConfig, built: Built) -> None:
-    out = config.training.output_dir
+def _write_run_files(run: Run) -> None:
+    """The plan (table, CSV, chart) and the resolved recipe, before the first step."""
+    out = run.config.training.output_dir
+    Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
-    print(text_table(built.rows))
-    if len(built.phases) > 1:
-        print("\n".join(describe(built.phases)))
-    write_plan(built.rows, out, _title(config))
-    write_resolved(config, Path(out) / "hftl_config.yaml")
-
-
-def _inputs(config: RunConfig, built: Built, encoded, cache: bool):
-    """(datasets, collator, backbone swap, train lengths): cached features when only the head trains."""
-    collator = built.task.collator(built.processor)
-    if not cache:
-        return encoded, collator, None, None
-    swap = BackboneSwap.of(built.model)
-    lengths = None
-    if "input_ids" in encoded["train"].column_names:
-        lengths = [len(ids) for ids in encoded["train"]["input_ids"]]  # batches grouped as without the cache
-    cached = cached_splits(built.model, encoded, collator, config, built.task)
-    swap.detach()
-    return cached, default_data_collator, swap, lengths
-
-
-def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
-    if config.transfer.task == "clip" and config.transfer.clip_mode != "contrastive":
-        from hftl.commands import clip_eval
-
-        return clip_eval.run(config, command)
-    _preflight(config)
-    _reset_peak_memory(config.training.device)
-    built = build(config)
-    _check_best_metric(config, built)
-    cache = should_cache(config, built.groups, built.task)  # a refused cache request is bad input: before any write
-    regularizer = _regularizer(config, built)  # reads and checks ewc_data: also before any write
-    args = config.training
-    encoded = built.task.encode(config, built.raw, built.processor)
-    main_process = args.process_index == 0
-    if main_process:
-        _write_plan_files(config, built)
-
-    def write_card(output_dir: str, metrics: dict | None = None) -> None:
-        if metrics is None:
-            path = Path(output_dir, "all_results.json")
-            metrics = json.loads(path.read_text()) if path.exists() else {}
-        text = card.render(config, built.rows, metrics, command, built.labels.names, built.task.PIPELINE_TASK)
-        card.write(output_dir, text)
-
-    source_before = knn_accuracy(built.model, built.processor, config) if config.transfer.source_eval else None
-    zero_shot = getattr(built.task, "zero_shot_metrics", None)
-    zero_shot_before = zero_shot(config, built.model, built.processor, built.labels, encoded) if zero_shot else {}
-    encoded, collator, swap, lengths = _inputs(config, built, encoded, cache)
-    trainer = _trainer(config, built, encoded, write_card, collator, swap, regularizer)
-    for callback in callbacks or []:
-        trainer.add_callback(callback)
-    trainer.train_lengths = lengths
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.replica_check(args.output_dir)
-    metrics = dict(result.metrics)
-    for split, prefix in (("validation", "eval"), ("test", "test")):
-        if split in encoded:
-            metrics.update(trainer.evaluate(encoded[split], metric_key_prefix=prefix))
-    if swap is not None:
-        swap.attach()  # from here on (save, push) the model is whole
-    if zero_shot_before:
-        after = zero_shot(config, built.model, built.processor, built.labels, encoded)
-        metrics.update({f"{k}_before": v for k, v in zero_shot_before.items()})
-        metrics.update({f"{k}_after": v for k, v in after.items()})
-    if source_before is not None:
-        after = knn_accuracy(built.model, built.processor, config)
-        metrics.update(source_knn_accuracy_before=source_before, source_knn_accuracy_after=after,
-                       source_forgetting=source_before - after)
-    trainable = sum(row.trainable_params for row in built.rows)  # the plan's count: adapters and heads included
-    metrics.update(trainable_params=trainable, **_peak_memory(args.device))
-    _save(config, built, trainer, metrics, write_card)
-    return metrics
+    if run.rows:
+        print(text_table(run.rows))
+        if len(run.phases) > 1:
+            print("\n".join(describe(run.phases)))
+        write_plan(run.rows, out, _title(run.config))
+    write_resolved(run.config, Path(out) / "hftl_config.yaml")
 
 
 def _reset_peak_memory(device) -> None:
@@ -276,70 +212,57 @@ def _peak_memory(device) -> dict:
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}
 
 
-def _save(config: RunConfig, built: Built, trainer, metrics: dict, write_card) -> None:
-    args = config.training
-    if built.replay is not None:
-        inner = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
-        built.replay.detach(inner)  # the saved folder is the target model alone
-    trainer.save_model()
-    main_process = args.process_index == 0
-    if config.transfer.strategy == "lora" and main_process:
-        from hftl.engine import lora
+def _regularizer(config: RunConfig, run: Run):
+    from hftl.forgetting.penalties import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
 
-        lora.save_for_inference(built.model, args.output_dir, config.transfer.merge_lora, built.processor)
-    trainer.log_metrics("final", metrics)
-    trainer.save_metrics("all", metrics, combined=False)
-    trainer.save_state()
-    if main_process:
-        write_card(args.output_dir, metrics)
-        print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
-    if args.push_to_hub:
-        trainer.push_to_hub()
-
-
-def _regularizer(config: RunConfig, built: Built):
     t = config.transfer
     parts = []
     if t.l2_sp:
-        parts.append(L2SP(built.groups, t.l2_sp))
+        parts.append(L2SP(run.groups, t.l2_sp))
     if t.ewc:
-        from hftl.forgetting.report import source_batches
-
-        model = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
-        params = trainable_backbone(built.groups)
+        model = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
+        params = trainable_backbone(run.groups)
         if not params:
-            raise HftlError("ewc protects trainable backbone weights, but the plan trains none (only the head): drop ewc or train more of the backbone.")
-        batches = source_batches(config, built.processor, t.ewc_data, t.ewc_samples)
+            raise HftlError("ewc protects trainable backbone weights, but the plan trains none (only the head): drop ewc "
+                            "or train more of the backbone.")
+        batches = run.task.source_batches(config, run.loaded, t.ewc_data, t.ewc_samples)
         model.to(config.training.device)
         fisher = embedding_fisher(model.base_model, params, batches, seed=config.training.seed)
         print(f"hftl: EWC Fisher of {sum(f.numel() for f in fisher):,} weights estimated on up to {t.ewc_samples} "
               f"examples of {t.ewc_data}.")
-        parts.append(EWC(built.groups, t.ewc, fisher))
+        parts.append(EWC(run.groups, t.ewc, fisher))
     return parts[0] if len(parts) == 1 else (Sum(parts) if parts else None)
 
 
-def _trainer(config: RunConfig, built: Built, encoded, write_card, collator, swap, regularizer=None):
+def _trainer(run: Run, inputs: Inputs):
     from hftl.engine.trainer import TransferTrainer
 
-    t = config.transfer
-
-    return TransferTrainer(
-        model=built.model,
+    config, t = run.config, run.config.transfer
+    phases = PhaseController(run.model, run.groups, run.phases, t.eval_frozen) if len(run.phases) > 1 else None
+    record = plan_record(config)
+    trainer = TransferTrainer(
+        model=run.model,
         args=config.training,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded.get("validation"),
-        processing_class=built.processor,
-        data_collator=collator,
-        compute_metrics=built.task.compute_metrics_fn(built.labels),
-        assignment=built.assignment,
-        write_card=write_card,
-        backbone_swap=swap,
-        phases=PhaseController(built.model, built.groups, built.phases, config.transfer.eval_frozen)
-        if len(built.phases) > 1 else None,
-        plan_record=lambda folder: write_plan_record(folder, config, built.phases),
-        regularizer=regularizer,
-        replay=built.replay,
-        loss_fn=built.task.loss_fn(config) if hasattr(built.task, "loss_fn") else None,
+        train_dataset=inputs.datasets["train"],
+        eval_dataset=inputs.datasets.get("validation"),
+        processing_class=run.loaded.processor,
+        data_collator=inputs.collator,
+        compute_metrics=run.task.compute_metrics_fn(run.labels),
+        assignment=run.assignment,
+        write_card=lambda folder: card.write(folder, card.render(run, _saved_metrics(folder))),
+        backbone_swap=inputs.swap,
+        phases=phases,
+        plan_record=lambda folder: write_plan_record(folder, record, run.phases),
+        regularizer=run.regularizer,
+        replay=run.replay,
+        loss_fn=run.task.loss_fn(config),
         callbacks=[EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold)]
         if t.early_stopping_patience else None,
     )
+    trainer.train_lengths = inputs.lengths
+    return trainer
+
+
+def _saved_metrics(folder: str) -> dict:
+    path = Path(folder, "all_results.json")
+    return json.loads(path.read_text()) if path.exists() else {}

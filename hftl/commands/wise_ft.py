@@ -20,31 +20,34 @@ from hftl.errors import HftlError, first_line
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def interpolate(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """(1 - alpha) * zero-shot + alpha * fine-tuned, weight by weight (exact at alpha 0 and 1)."""
+def check_compatible(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor]) -> None:
+    """The same weight names and shapes on both ends: one architecture, one configuration."""
     if set(zero_shot) != set(fine_tuned):
         only_a, only_b = sorted(set(zero_shot) - set(fine_tuned)), sorted(set(fine_tuned) - set(zero_shot))
         raise HftlError(
             f"WiSE-FT needs two checkpoints of one architecture: weights only in the zero-shot model {only_a[:3]}, only in "
             f"the fine-tuned one {only_b[:3]}. Fine-tune the recipe's own model and interpolate with it."
         )
+    for name, a in zero_shot.items():
+        if a.shape != fine_tuned[name].shape:
+            raise HftlError(
+                f"WiSE-FT needs weights of equal shapes: `{name}` is {tuple(a.shape)} in the zero-shot model and "
+                f"{tuple(fine_tuned[name].shape)} in the fine-tuned one. Use checkpoints of the same configuration."
+            )
+
+
+def interpolate(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * zero-shot + alpha * fine-tuned, weight by weight (exact at alpha 0 and 1)."""
+    check_compatible(zero_shot, fine_tuned)
     out = {}
     for name, a in zero_shot.items():
         b = fine_tuned[name]
-        if a.shape != b.shape:
-            raise HftlError(
-                f"WiSE-FT needs weights of equal shapes: `{name}` is {tuple(a.shape)} in the zero-shot model and "
-                f"{tuple(b.shape)} in the fine-tuned one. Use checkpoints of the same configuration."
-            )
-        if not a.is_floating_point():
+        if not a.is_floating_point() or alpha == 1:
             out[name] = b.clone()
         elif alpha == 0:
             out[name] = a.clone()
-        elif alpha == 1:
-            out[name] = b.clone()
         else:
-            out[name] = (1 - alpha) * a.float() + alpha * b.float()
-            out[name] = out[name].to(a.dtype)
+            out[name] = ((1 - alpha) * a.float() + alpha * b.float()).to(a.dtype)
     return out
 
 
@@ -61,21 +64,23 @@ def parse_alphas(text: str) -> list[float]:
 def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -> list[dict]:
     from transformers import AutoModel
 
-    from hftl.tasks import clip
-    from hftl.tasks.zero_shot import zero_shot_accuracy
+    from hftl.tasks import get_task
 
-    if config.transfer.task != "clip":
-        raise HftlError(f"hftl wise-ft interpolates dual encoders (task clip); this recipe's task is `{config.transfer.task}`.")
+    task = get_task(config.transfer.task)
+    if not task.capabilities.zero_shot:
+        raise HftlError(f"hftl wise-ft interpolates zero-shot and fine-tuned weights of a model that classifies "
+                        f"zero-shot (task clip); this recipe's task `{config.transfer.task}` has no zero-shot metrics.")
     folder = Path(fine_tuned or config.training.output_dir)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise HftlError(
             f"`{folder}` holds no fine-tuned model (config.json and safetensors weights). Run `hftl train` on the recipe "
             "first, or pass `--fine_tuned PATH`."
         )
-    raw, labels = clip.load_data(config)
+    raw, labels = task.load_data(config)
     if len(labels.names) < 2:
         raise HftlError("WiSE-FT measures zero-shot accuracy: the recipe's data needs a label column with 2+ classes.")
-    model, processor = clip.build_model(config, labels)  # the zero-shot end, with the recipe's preprocessing
+    loaded = task.build_model(config, labels)  # the zero-shot end, with the recipe's preprocessing
+    model = loaded.model
     try:
         tuned = AutoModel.from_pretrained(folder)
     except (OSError, ValueError) as err:
@@ -87,17 +92,14 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
         )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     end = tuned.state_dict()
-    interpolate(start, end, 0.5)  # shape and name checks before any evaluation
-    encoded = clip.encode(config, raw, processor)
-    split = clip.eval_split(encoded)
-    device = config.training.device
-    model.to(device)
-    rows = []
+    check_compatible(start, end)  # shape and name checks before any evaluation
+    encoded = task.encode(config, raw, loaded)
+    rows, split = [], None
     for alpha in alphas:
         model.load_state_dict(interpolate(start, end, alpha))
-        accuracy = zero_shot_accuracy(model, processor, encoded[split], labels.names, clip.templates(config), device,
-                                           config.training.per_device_eval_batch_size)
-        rows.append({"alpha": alpha, f"zero_shot_{split}_accuracy": accuracy})
+        [(key, accuracy)] = task.zero_shot_metrics(config, loaded, encoded).items()
+        split = key.removeprefix("zero_shot_").removesuffix("_accuracy")
+        rows.append({"alpha": alpha, key: accuracy})
         print(f"hftl: alpha {alpha:.2f}: zero-shot {split} accuracy {accuracy:.4f}")
     if config.training.process_index == 0:  # under accelerate launch every rank measures; one writes
         _write(folder / "wise-ft", rows, split, config.model.model_name_or_path, str(folder))

@@ -11,6 +11,8 @@ Turning them into model inputs is hftl/preprocess.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import os
 from pathlib import Path
@@ -20,8 +22,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageFile
 
-from hftl.config import DataArgs
 from hftl.errors import HftlError, first_line
+
+if TYPE_CHECKING:
+    from hftl.config import DataArgs
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "test": "test"}
@@ -129,6 +133,14 @@ def _absolute_paths(ds: Dataset, column: str, root: str | None, split: str) -> D
             "folder they are relative to, or fix the paths."
         )
     return ds.remove_columns(column).add_column(column, paths)
+
+
+def check_settings(data: DataArgs) -> None:
+    """The recipe's image keys, checked with the rest of the recipe (before any data is read)."""
+    if not 0 < data.crop_min_scale <= 1:
+        raise HftlError(f"crop_min_scale must be in (0, 1] (got {data.crop_min_scale}); 1 turns random crops off.")
+    if data.image_size is not None and data.image_size < 8:
+        raise HftlError(f"image_size must be at least 8 pixels (got {data.image_size}).")
 
 
 # ---------------------------------------------------------------- decoding and checking

@@ -8,15 +8,19 @@ Both run on the fly (`with_transform`), per batch, in PIL and numpy: no torchvis
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import numpy as np
 import torch
 from PIL import Image
 
-from hftl.config import DataArgs
 from hftl.errors import HftlError
 from hftl.data.images import decode, describe
+
+if TYPE_CHECKING:
+    from hftl.config import DataArgs
 
 
 def _size(spec) -> tuple[str, tuple[int, int] | int]:

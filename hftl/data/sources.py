@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 from datasets import ClassLabel, DatasetDict, Value
 
 from hftl.data import builtin
-from hftl.config import DataArgs
 from hftl.errors import HftlError, first_line
+
+if TYPE_CHECKING:
+    from hftl.config import DataArgs
 
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 STRATA = "__hftl_strata"
@@ -155,3 +158,14 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
     if temporary:
         raw["train"], raw["validation"] = raw["train"].remove_columns(STRATA), raw["validation"].remove_columns(STRATA)
     return raw
+
+
+def sample_of(data: DataArgs, name: str, samples: int, read_folder=None):
+    """Up to `samples` shuffled training rows of another data set `name`, read with the recipe's columns
+    (EWC's Fisher data): the recipe's own files, subsets and image root do not apply to it."""
+    import dataclasses
+
+    other = dataclasses.replace(data, dataset=name, dataset_config=None, train_file=None, validation_file=None,
+                                test_file=None, max_train_samples=None, max_eval_samples=None, image_root=None)
+    train = load_splits(other, read_folder=read_folder)["train"]
+    return train.shuffle(seed=0).select(range(min(samples, len(train))))

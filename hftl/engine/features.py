@@ -23,7 +23,6 @@ import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from hftl.config import RunConfig
 from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup, find_blocks
 
@@ -111,25 +110,28 @@ class BackboneSwap:
                 self.detach()
 
 
-def should_cache(config: RunConfig, groups: list[LayerGroup], task) -> bool:
-    """Cache when asked, or by default when nothing upstream of the head can change."""
-    mode = config.transfer.cache_features
+def should_cache(mode: str, groups: list[LayerGroup], blockers: list[str]) -> bool:
+    """Cache when asked, or by default (`auto`) when nothing upstream of the head can change.
+
+    `blockers` are the caller's reasons against it (the task's, dropout in frozen modules, random
+    weights); a backbone group that trains is one more. Asked for (`memory`, `disk`) but blocked is an error."""
     if mode == "off":
         return False
-    reasons = []
+    reasons = list(blockers)
     if any(p.requires_grad for g in groups if not g.is_head for _, p in g.params):
-        reasons.append("backbone groups train (use strategy feature_extraction)")
-    if not config.transfer.eval_frozen:
-        reasons.append("eval_frozen is false, so the frozen backbone would apply dropout")
-    if not getattr(task, "CACHEABLE", False):
-        reasons.append(f"task `{config.transfer.task}` does not support cached features")
-    elif hasattr(task, "cache_blockers"):
-        reasons += task.cache_blockers(config)
-    if config.model.from_scratch:
-        reasons.append("from_scratch")
-    if reasons and mode in ("memory", "disk", "on"):
+        reasons.insert(0, "backbone groups train (use strategy feature_extraction)")
+    if reasons and mode != "auto":
         raise HftlError(f"cache_features={mode} is not possible here: {'; '.join(reasons)}. Use cache_features auto or off.")
     return not reasons
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    batch_size: int
+    device: object
+    input_key: str = FEATURES  # where the features enter the model's forward: inputs_embeds or pixel_values
+    tokens: str = "first"  # first: the head reads the first token only; all: it pools every token
+    disk_dir: str | None = None  # memory-map the features from files here (one folder per rank) instead of RAM
 
 
 @torch.inference_mode()
@@ -166,20 +168,17 @@ def extract(model: nn.Module, dataset: Dataset, collator, batch_size: int, devic
     return out
 
 
-def cached_splits(model, encoded: DatasetDict, collator, config: RunConfig, task) -> DatasetDict:
+def cached_splits(model, encoded: DatasetDict, collator, spec: CacheSpec) -> DatasetDict:
     """Every split as (features, labels): text adds an all-ones attention_mask to its inputs_embeds."""
-    args = config.training
     result = DatasetDict()
-    key = getattr(task, "CACHE_INPUT", FEATURES)
-    tokens = task.cache_tokens(model) if hasattr(task, "cache_tokens") else "first"
     for split, ds in encoded.items():
-        feats = extract(model, ds, collator, args.per_device_eval_batch_size, args.device, tokens)
-        columns = {key: feats, "labels": ds["labels"]}
-        if key == FEATURES:
+        feats = extract(model, ds, collator, spec.batch_size, spec.device, spec.tokens)
+        columns = {spec.input_key: feats, "labels": ds["labels"]}
+        if spec.input_key == FEATURES:
             columns["attention_mask"] = np.ones(feats.shape[:2], dtype=np.int64)
         table = Dataset.from_dict(columns)
-        if config.transfer.cache_features == "disk":
-            path = f"{args.output_dir}/feature_cache/{split}-rank{args.process_index}"  # each rank its own files
+        if spec.disk_dir is not None:
+            path = f"{spec.disk_dir}/{split}"
             table.save_to_disk(path)
             table = Dataset.load_from_disk(path)  # memory-mapped: the features need not fit in RAM
         result[split] = table.with_format("torch")

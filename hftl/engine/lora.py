@@ -7,11 +7,11 @@ adapter in its block's group, and the ordinary lr plan gives it that group's lr.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from hftl.config import RunConfig
 from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup, find_blocks
 
@@ -45,12 +45,20 @@ def _head_modules(groups: list[LayerGroup], prefix: str) -> list[str]:
     return sorted(names)
 
 
-def wrap(model: nn.Module, config: RunConfig, groups: list[LayerGroup]):
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ()  # empty: DEFAULT_TARGETS of the model's family
+    task_type: str | None = None  # peft TaskType name of the model's forward (SEQ_CLS); None: the plain wrapper
+
+
+def wrap(model: nn.Module, groups: list[LayerGroup], spec: LoraSpec):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    t = config.transfer
     model_type = getattr(model.config, "model_type", "")
-    targets = list(t.lora_target_modules) or DEFAULT_TARGETS.get(model_type)
+    targets = list(spec.targets) or DEFAULT_TARGETS.get(model_type)
     candidates = _linear_names(model)
     if not targets:
         raise HftlError(
@@ -64,11 +72,9 @@ def wrap(model: nn.Module, config: RunConfig, groups: list[LayerGroup]):
             f"Candidates: {', '.join(candidates)}."
         )
     prefix = getattr(model, "base_model_prefix", "")
-    # SEQ_CLS wraps a forward that takes input_ids; image models take pixel_values through the plain wrapper
-    task_type = TaskType.SEQ_CLS if config.transfer.task == "text-classification" else None
     lora = LoraConfig(
-        task_type=task_type, r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-        target_modules=targets, modules_to_save=_head_modules(groups, prefix),
+        task_type=TaskType[spec.task_type] if spec.task_type else None, r=spec.r, lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout, target_modules=targets, modules_to_save=_head_modules(groups, prefix),
     )
     return get_peft_model(model, lora)
 

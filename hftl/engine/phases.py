@@ -105,26 +105,18 @@ class PhaseController(TrainerCallback):
         self.drop_inactive_grads()  # also when max_grad_norm is 0 and no clipping ran
 
 
-def plan_record(config) -> dict:
-    t = config.transfer
-    return {
-        "strategy": t.strategy, "unfrozen_groups": t.unfrozen_groups if t.strategy == "partial" else None,
-        "freeze": list(t.freeze), "head_warmup_epochs": t.head_warmup_epochs, "unfreeze_every": t.unfreeze_every,
-    }
-
-
-def write_plan_record(folder: str | Path, config, phases: list[Phase]) -> None:
-    record = {"plan": plan_record(config), "phases": [asdict(p) for p in phases]}
+def write_plan_record(folder: str | Path, plan: dict, phases: list[Phase]) -> None:
+    """`plan`: the settings that decide the phases (strategy, unfrozen groups, patterns, schedule), as plain values."""
+    record = {"plan": plan, "phases": [asdict(p) for p in phases]}
     Path(folder, PLAN_FILE).write_text(json.dumps(record, indent=1))
 
 
-def check_resume(checkpoint: str, config) -> None:
+def check_resume(checkpoint: str, now: dict) -> None:
     """A checkpoint trained under another freeze plan would resume into a different phase sequence."""
     path = Path(checkpoint, PLAN_FILE)
     if not path.is_file():
         return
     saved = json.loads(path.read_text())["plan"]
-    now = plan_record(config)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, recipe {now[k]!r}" for k in now if saved.get(k) != now[k]]
     if diffs:
         raise HftlError(

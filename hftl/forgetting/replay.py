@@ -26,16 +26,21 @@ from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from hftl.config import RunConfig
-from hftl.errors import HftlError
+from typing import TYPE_CHECKING
+
+from hftl.data.sources import load_splits
 from hftl.engine.pooling import mean_pooled
-from hftl.tasks.checkpoints import model_source
+from hftl.errors import HftlError
+
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
+    from hftl.tasks.base import Loaded, Task
 
 ATTRIBUTE = "hftl_replay_head"
 
 
 class Replay:
-    def __init__(self, config: RunConfig, task, processor, model: nn.Module):
+    def __init__(self, config: RunConfig, task: Task, loaded: Loaded):
         t = config.transfer
         source = copy.copy(config)
         source.data = dataclasses.replace(
@@ -47,9 +52,10 @@ class Replay:
         self.seed, self.rank, self.world = args.seed, args.process_index, args.world_size
         self._iterator = None
         self._epoch = 0
-        if config.transfer.task == "text-classification" and not _has_column(source, config.data.label_column):
+        model = loaded.model
+        if task.capabilities.text_embeddings and not _has_column(source, config.data.label_column):
             self.kind = "mlm"
-            self._masked_lm(config, source, task, processor, model)
+            self._masked_lm(config, source, task, loaded)
             return
         self.kind = "labelled"
         try:
@@ -59,22 +65,21 @@ class Replay:
         if labels.multi_label:
             raise HftlError(f"replay_data `{t.replay_data}` is multi-label; replay needs one label per example.")
         self.labels = labels.names
-        self.train = task.encode(source, raw, processor)["train"]
-        self.collator = task.collator(processor)
+        self.train = task.encode(source, raw, loaded)["train"]
+        self.collator = task.collator(loaded)
         generator = torch.Generator().manual_seed(args.seed)
         self.head = nn.Linear(model.config.hidden_size, len(self.labels))
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * 0.02)
             self.head.bias.zero_()
 
-    def _masked_lm(self, config: RunConfig, source: RunConfig, task, processor, model: nn.Module) -> None:
+    def _masked_lm(self, config: RunConfig, source: RunConfig, task: Task, loaded: Loaded) -> None:
         """Unlabelled text: the checkpoint's own MLM head, its decoder tied to the model's word embeddings."""
         from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-        from hftl.data.sources import load_splits
-
         name = config.transfer.replay_data
-        path = model_source(config)
+        path = task.model_source(config)
+        processor, model = loaded.processor, loaded.model
         try:
             mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, revision=config.model.revision,
                                                            trust_remote_code=config.model.trust_remote_code)
@@ -93,7 +98,7 @@ class Replay:
                 f"{', '.join(raw.column_names)}."
             )
         source.data = dataclasses.replace(source.data, text_pair_column=None)  # plain text: one sequence each
-        self.train = task.encode(source, DatasetDict(train=raw.select_columns([config.data.text_column])), processor)["train"]
+        self.train = task.encode(source, DatasetDict(train=raw.select_columns([config.data.text_column])), loaded)["train"]
         self.collator = DataCollatorForLanguageModeling(processor, mlm_probability=0.15)
         self.head = next(m for n, m in mlm.named_children() if n != mlm.base_model_prefix)
         decoder = mlm.get_output_embeddings()
@@ -136,8 +141,6 @@ class Replay:
 
 def _has_column(source: RunConfig, column: str) -> bool:
     """Whether the source data has `column` (read once here; the loaders read it again)."""
-    from hftl.data.sources import load_splits
-
     try:
         return column in load_splits(source.data, source.model.trust_remote_code)["train"].column_names
     except HftlError:

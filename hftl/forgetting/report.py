@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from datasets import DatasetDict
 
-from hftl.config import DataArgs, RunConfig
+import dataclasses
+from typing import TYPE_CHECKING
+
 from hftl.data.sources import load_splits
 from hftl.errors import HftlError
 from hftl.engine.pooling import mean_pooled
+
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
 
 K = 5  # neighbours that vote
 
@@ -44,7 +48,9 @@ def _embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int,
 def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     """k-NN accuracy of the encoder's embeddings on `source_eval` (train split as memory, test as queries)."""
     name, n = config.transfer.source_eval, config.transfer.source_eval_samples
-    data = load_splits(DataArgs(dataset=name, split_seed=config.data.split_seed))
+    source = dataclasses.replace(config.data, dataset=name, dataset_config=None, train_file=None, validation_file=None,
+                                 test_file=None, max_train_samples=None, max_eval_samples=None)
+    data = load_splits(source)
     if "text" not in data["train"].column_names or "label" not in data["train"].column_names:
         raise HftlError(f"source_eval `{name}` needs `text` and `label` columns (it has {data['train'].column_names}).")
     memory = data["train"].shuffle(seed=0).select(range(min(n, len(data["train"]))))
@@ -59,40 +65,3 @@ def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     memory_labels, query_labels = codes[: len(memory)], codes[len(memory) :]
     predicted = np.array([np.bincount(row).argmax() for row in memory_labels[top]])
     return float((predicted == query_labels).mean())
-
-
-def source_batches(config: RunConfig, processor, name: str, samples: int, batch_size: int = 16):
-    """Model-input batches (no labels, on the CPU) of up to `samples` examples of the data set `name`, for
-    the Fisher of EWC: text is tokenised like the task's, images preprocessed like its eval images.
-    Everything is read and checked here, before the first batch: bad data is reported up front. Images
-    are decoded batch by batch as the Fisher consumes them, never all at once."""
-    from hftl.data import images
-
-    data = config.data
-    is_image = config.transfer.task == "image-classification"
-    loaded = load_splits(DataArgs(dataset=name, text_column=data.text_column, image_column=data.image_column,
-                                  split_seed=data.split_seed), read_folder=images.read_folder if is_image else None)
-    train = loaded["train"].shuffle(seed=0).select(range(min(samples, len(loaded["train"]))))
-    if is_image:
-        from hftl.tasks.image_classification import _PREPROCESS
-
-        base = images.base_dir(DataArgs(dataset=name))
-        train = images.prepare_column(DatasetDict(train=train), DataArgs(image_column=data.image_column), base)
-        train = images.check_images(train, data.image_column, data.bad_images)["train"]
-        preprocess = _PREPROCESS[processor]
-        values = train[data.image_column]
-        return (
-            {"pixel_values": torch.stack([preprocess.pixels(v, train=False) for v in values[start : start + batch_size]])}
-            for start in range(0, len(values), batch_size)
-        )
-    if data.text_column not in train.column_names:
-        raise HftlError(
-            f"`{name}` has no `{data.text_column}` column (from `text_column`); its columns are "
-            f"{', '.join(train.column_names)}. Give data with the task's text column."
-        )
-    texts = [t or "" for t in train[data.text_column]]
-    return [
-        processor(texts[start : start + batch_size], truncation=True, max_length=data.max_length, padding=True,
-                  return_tensors="pt")
-        for start in range(0, len(texts), batch_size)
-    ]

@@ -8,9 +8,13 @@ config for `from_scratch`. `trust_remote_code` and `revision` come from the reci
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hftl.data import builtin
-from hftl.config import RunConfig
 from hftl.errors import HftlError, first_line
+
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
 
 
 def model_source(config: RunConfig) -> str:

@@ -8,13 +8,17 @@ saved folder works in a `pipeline`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from datasets import ClassLabel, DatasetDict, Sequence
 
 from hftl import metrics
-from hftl.config import RunConfig
 from hftl.errors import HftlError
+from hftl.tasks.base import Task
+
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
 
 
 @dataclass
@@ -155,7 +159,20 @@ def _used_classes(column, labels: Labels) -> set[int]:
     return {v for v in column if v is not None and v >= 0}
 
 
-def compute_metrics_fn(labels: Labels):
+class ClassificationTask(Task):
+    """Single- and multi-label classification metrics, shared by the classification tasks."""
+
+    def compute_metrics_fn(self, labels: Labels):
+        return classification_metrics(labels)
+
+    def best_metric(self, labels: Labels) -> str:
+        return "f1_micro" if labels.multi_label else "accuracy"
+
+    def metric_names(self, labels: Labels) -> list[str]:
+        return ["f1_micro", "subset_accuracy"] if labels.multi_label else ["accuracy", "f1_macro"]
+
+
+def classification_metrics(labels: Labels):
     accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
 
     def compute(eval_pred):
@@ -177,11 +194,3 @@ def compute_metrics_fn(labels: Labels):
         }
 
     return compute
-
-
-def best_metric(labels: Labels) -> str:
-    return "f1_micro" if labels.multi_label else "accuracy"
-
-
-def metric_names(labels: Labels) -> list[str]:
-    return ["f1_micro", "subset_accuracy"] if labels.multi_label else ["accuracy", "f1_macro"]

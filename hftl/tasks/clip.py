@@ -21,8 +21,8 @@ the zero-shot class embeddings, so its first step starts at zero-shot accuracy.
 
 from __future__ import annotations
 
-import weakref
 import zlib
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import DatasetDict
@@ -30,19 +30,27 @@ from torch import nn
 
 from hftl.data import images
 from hftl.data.preprocess import Preprocess
-from hftl.config import DEFAULT_PROMPT, RunConfig
 from hftl.data.sources import load_splits
-from hftl.errors import HftlError
 from hftl.engine.layers import is_dual_encoder
+from hftl.engine.towers import TOWER_NAMES, TowerPlan, apply_tower_plans
+from hftl.errors import HftlError
 from hftl.tasks import checkpoints
-from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
+from hftl.tasks.base import Capabilities, Loaded, Task
 from hftl.tasks.classification import Labels, labelled
 from hftl.tasks.zero_shot import zero_shot_accuracy
 
-PIPELINE_TASK = "zero-shot-image-classification"
-CACHEABLE = False
-_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> (Preprocess, class names)
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
+
 MAX_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
+DEFAULT_PROMPT = "a photo of a {label}."
+DUAL_STRATEGIES = ("feature_extraction", "partial", "full")
+TOWER_KEYS = ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")
+MODE_TEXT = {
+    "contrastive": "contrastive image-text fine-tuning, a freeze plan per tower",
+    "zero_shot": "zero-shot classification: no training",
+    "linear_probe": "linear probe on frozen, cached image embeddings (zero-shot initialised)",
+}
 
 
 def templates(config: RunConfig) -> list[str]:
@@ -52,7 +60,7 @@ def templates(config: RunConfig) -> list[str]:
 # ---------------------------------------------------------------- data
 
 
-def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
+def _load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
     data = config.data
     raw = load_splits(data, config.model.trust_remote_code, stratify_column=data.label_column, read_folder=images.read_folder)
     columns = raw["train"].column_names
@@ -104,7 +112,7 @@ def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
 # ---------------------------------------------------------------- model
 
 
-def build_model(config: RunConfig, labels: Labels):
+def _build_model(config: RunConfig, labels: Labels) -> Loaded:
     from transformers import AutoModel, AutoProcessor
 
     model, processor = checkpoints.load(
@@ -125,17 +133,15 @@ def build_model(config: RunConfig, labels: Labels):
         raise HftlError(
             f"image_size is available for DINOv2 vision towers, not `{vision_type}`: drop it to use the checkpoint's size."
         )
-    _PREPROCESS[processor] = (Preprocess(image_processor, config.data), labels.names)
-    return model, processor
+    return Loaded(model, processor, labels, Preprocess(image_processor, config.data))
 
 
 # ---------------------------------------------------------------- encoding
 
 
-def encode(config: RunConfig, raw: DatasetDict, processor) -> DatasetDict:
+def _encode(config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
     """Images and captions stay stored; each access decodes, augments (train) and tokenises."""
-    config.training.remove_unused_columns = False
-    preprocess, names = _PREPROCESS[processor]
+    preprocess, names = loaded.preprocess, loaded.labels.names
     data = config.data
     captions = data.caption_column in raw["train"].column_names
     prompts = templates(config)
@@ -187,7 +193,7 @@ class Collator:
         return batch
 
 
-def collator(processor):
+def _collator(processor):
     limit = getattr(processor.tokenizer, "model_max_length", None)
     return Collator(processor.tokenizer, limit if limit and limit < 10**6 else 77)  # CLIP: 77 positions
 
@@ -226,42 +232,141 @@ def contrastive_loss(model, inputs: dict, scale: torch.Tensor, gather: bool) -> 
     return loss, outputs
 
 
-def loss_fn(config: RunConfig):
-    gather = config.transfer.gather_features
-
-    def compute(trainer, model, inputs, return_outputs=False):  # TransferTrainer.compute_loss hands itself in
-        inner = trainer.accelerator.unwrap_model(model)
-        loss, outputs = contrastive_loss(model, dict(inputs), inner.logit_scale, gather and model.training)
-        return (loss, outputs) if return_outputs else loss
-
-    return compute
 
 
-# ---------------------------------------------------------------- zero-shot
+def tower_setting(config: RunConfig, tower: str, key: str):
+    """The tower's own value of `key` (`vision_learning_rate`), or the recipe-wide one (`learning_rate`)."""
+    own = getattr(config.transfer, f"{tower}_{key}", None)
+    if own is not None:
+        return own
+    if key == "learning_rate":
+        return config.training.learning_rate
+    return getattr(config.transfer, key)
+
+
+def tower_plans(config: RunConfig) -> dict[str, TowerPlan]:
+    plans = {}
+    for tower in TOWER_NAMES:
+        own = getattr(config.transfer, f"{tower}_unfrozen_groups", None) is not None
+        plans[tower] = TowerPlan(*(tower_setting(config, tower, k) for k in TOWER_KEYS),
+                                 key=f"{tower}_unfrozen_groups" if own else "unfrozen_groups")
+    return plans
+
+
+class Clip(Task):
+    name = "clip"
+    pipeline_task = "zero-shot-image-classification"
+    capabilities = Capabilities(zero_shot=True, towers=TOWER_NAMES, phases=False, strategies=DUAL_STRATEGIES)
+    # images and captions feed the transform: the Trainer must keep their columns
+    required_training = {"remove_unused_columns": False}
+
+    def why_required(self, key: str) -> str:
+        return "images and captions are turned into model inputs on the fly from their columns"
+
+    def defaults(self, given: dict) -> dict:
+        out = dict(self.required_training)
+        if given.get("clip_mode", "contrastive") == "contrastive":
+            # the evaluation loss is the contrastive loss; zero-shot accuracy is measured separately, on every image.
+            # Gathered batches match across ranks without dropping the last one: even_batches completes it.
+            out["prediction_loss_only"] = True
+        else:
+            out["augment"] = False  # each image is embedded once
+            out.update(prediction_loss_only=False, label_names=["labels"])  # the linear probe's accuracy
+        return out
+
+    def mode(self, config: RunConfig) -> str:
+        return "trainer" if config.transfer.clip_mode == "contrastive" else config.transfer.clip_mode
+
+    def validate(self, config: RunConfig) -> None:
+        super().validate(config)
+        t = config.transfer  # clip_mode and the tower strategies are checked against their allowed values already
+        if t.clip_mode != "contrastive" and config.data.augment and "augment" in config.user_keys:
+            raise HftlError(f"clip_mode {t.clip_mode} embeds each image once, so it cannot augment: drop `augment: true`.")
+        for tower in TOWER_NAMES:
+            decay, lr = getattr(t, f"{tower}_layer_decay"), getattr(t, f"{tower}_learning_rate")
+            unfrozen = getattr(t, f"{tower}_unfrozen_groups")
+            if decay is not None and decay <= 0:
+                raise HftlError(f"{tower}_layer_decay must be > 0 (got {decay}); 1.0 means no decay.")
+            if lr is not None and lr < 0:
+                raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
+            if unfrozen is not None and unfrozen < 0:
+                raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
+        if config.data.label_separator:
+            raise HftlError("task clip takes one label per image (a caption per class): drop label_separator.")
+        for template in config.data.prompt_templates:
+            if "{label}" not in template:
+                raise HftlError(f"prompt template `{template}` has no `{{label}}`: each template must name the class, "
+                                f"e.g. `{DEFAULT_PROMPT}`.")
+            try:
+                template.format(label="x")
+            except (KeyError, IndexError, ValueError) as err:
+                raise HftlError(f"prompt template `{template}` is not a valid format string ({err}); use only "
+                                "`{label}`.") from None
+
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
+        raw, labels = _load_data(config)
+        if config.transfer.clip_mode != "contrastive" and len(labels.names) < 2:
+            raise HftlError("Zero-shot classification and the linear probe need at least 2 classes in `label_column`.")
+        return raw, labels
+
+    def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
+        return _build_model(config, labels)
+
+    def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
+        return _encode(config, raw, loaded)
+
+    def collator(self, loaded: Loaded):
+        return _collator(loaded.processor)
+
+    def apply_plan(self, config: RunConfig, groups):
+        return apply_tower_plans(groups, tower_plans(config), config.transfer.head_lr, config.training.learning_rate,
+                                 tuple(config.transfer.freeze))
+
+    def loss_fn(self, config: RunConfig):
+        gather = config.transfer.gather_features
+
+        def compute(trainer, model, inputs, return_outputs=False):  # TransferTrainer.compute_loss hands itself in
+            inner = trainer.accelerator.unwrap_model(model)
+            loss, outputs = contrastive_loss(model, dict(inputs), inner.logit_scale, gather and model.training)
+            return (loss, outputs) if return_outputs else loss
+
+        return compute
+
+    def zero_shot_metrics(self, config: RunConfig, loaded: Loaded, encoded: DatasetDict,
+                          splits: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Zero-shot accuracy per split (default: the held-out one, test else validation); empty without labels."""
+        if not loaded.labels.names:
+            return {}
+        device = config.training.device
+        loaded.model.to(device)
+        out = {}
+        for split in splits or (eval_split(encoded),):
+            if split in encoded:
+                out[f"zero_shot_{split}_accuracy"] = zero_shot_accuracy(
+                    loaded.model, loaded.processor, encoded[split], loaded.labels.names, templates(config), device,
+                    config.training.per_device_eval_batch_size)
+        return out
+
+    def describe_inputs(self, config: RunConfig) -> str:
+        data = config.data
+        prompts = "; ".join(data.prompt_templates) or DEFAULT_PROMPT
+        return f"image column `{data.image_column}` with captions `{data.caption_column}` or prompts `{prompts}`"
+
+    def describe_strategy(self, config: RunConfig) -> str:
+        return MODE_TEXT[config.transfer.clip_mode]
+
+    def describe_rates(self, config: RunConfig) -> str:
+        t, lr = config.transfer, config.training.learning_rate
+        head = t.head_lr if t.head_lr is not None else lr
+        if t.clip_mode != "contrastive":
+            return f"head {head:g} (mode {t.clip_mode}; the towers are frozen)"
+        parts = []
+        for tower, plan in tower_plans(config).items():
+            top = f" (top {plan.unfrozen_groups})" if plan.strategy == "partial" else ""
+            parts.append(f"{tower} tower {plan.strategy}{top}, top block {plan.learning_rate:g}, layer_decay "
+                         f"{plan.layer_decay:g}")
+        return f"{'; '.join(parts)}; projections {head:g}; logit_scale {lr:g} (mode {t.clip_mode})"
 
 
 def eval_split(encoded: DatasetDict) -> str:
     return "test" if "test" in encoded else "validation"
-
-
-def zero_shot_metrics(config: RunConfig, model, processor, labels: Labels, encoded: DatasetDict) -> dict[str, float]:
-    """Zero-shot accuracy on the held-out split (test, else validation); empty without labels."""
-    if not labels.names:
-        return {}
-    split = eval_split(encoded)
-    model.to(config.training.device)
-    accuracy = zero_shot_accuracy(model, processor, encoded[split], labels.names, templates(config),
-                                  config.training.device, config.training.per_device_eval_batch_size)
-    return {f"zero_shot_{split}_accuracy": accuracy}
-
-
-def best_metric(labels: Labels) -> str:
-    return "loss"
-
-
-def metric_names(labels: Labels) -> list[str]:
-    return ["loss"]
-
-
-def compute_metrics_fn(labels: Labels):
-    return None

@@ -3,70 +3,108 @@
 The model loads with AutoModelForImageClassification and a new head sized to the label set
 (`ignore_mismatched_sizes`, so a checkpoint with its own head gets a fresh one). Images are
 decoded, augmented (training only) and normalised on the fly as the checkpoint's image processor
-would; see hftl/images.py. Layer groups: patch and position embeddings with the cls token (no
+would; see data/preprocess.py. Layer groups: patch and position embeddings with the cls token (no
 weight decay for tokens and positions), one group per encoder block, and the final norm with the
 classifier as the head.
 """
 
 from __future__ import annotations
 
-import weakref
+import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import DatasetDict
-from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftl.data import images
 from hftl.data.preprocess import Preprocess, set_image_size
-from hftl.config import RunConfig
-from hftl.data.sources import load_splits
+from hftl.data.sources import load_splits, sample_of
 from hftl.errors import HftlError, first_line
 from hftl.tasks import checkpoints
-from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
-from hftl.tasks.classification import Labels, best_metric, compute_metrics_fn, labelled, metric_names  # noqa: F401
+from hftl.tasks.base import Capabilities, Loaded
+from hftl.tasks.classification import ClassificationTask, Labels, labelled
 
-PIPELINE_TASK = "image-classification"
-CACHEABLE = True
-CACHE_INPUT = "pixel_values"  # cached features go where the images went; the swapped-in embeddings pass them on
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
+
 FIRST_TOKEN_HEADS = frozenset({"vit", "deit"})  # heads that read only the cls token; others (DINOv2) pool all tokens
-_PREPROCESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> its Preprocess
 
 
-def cache_blockers(config: RunConfig) -> list[str]:
-    """Why features cannot be cached for this run (empty: they can)."""
-    return ["training images are augmented (set `augment: false` to cache)"] if config.data.augment else []
+class ImageClassification(ClassificationTask):
+    name = "image-classification"
+    pipeline_task = "image-classification"
+    capabilities = Capabilities(cached_features=True, source_batches=True, replay=True, compare=True)
+    # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name:
+    # the Trainer must keep that column
+    training_defaults = {"remove_unused_columns": False}
+    required_training = training_defaults
+    cache_input = "pixel_values"  # cached features go where the images went; the swapped-in embeddings pass them on
 
+    def why_required(self, key: str) -> str:
+        return "images are decoded on the fly from the image column, which the Trainer would otherwise drop"
 
-def cache_tokens(model) -> str:
-    return "first" if model.config.model_type in FIRST_TOKEN_HEADS else "all"
+    def cache_blockers(self, config: RunConfig) -> list[str]:
+        return ["training images are augmented (set `augment: false` to cache)"] if config.data.augment else []
 
+    def cache_tokens(self, model) -> str:
+        return "first" if model.config.model_type in FIRST_TOKEN_HEADS else "all"
 
-def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
-    stratify = None if config.data.label_separator else config.data.label_column
-    raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify, read_folder=images.read_folder)
-    for split, ds in raw.items():
-        if config.data.label_column not in ds.column_names:
-            raise HftlError(
-                f"Column `{config.data.label_column}` (from `label_column`) is not in the {split} split. Its columns "
-                f"are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
-            )
-    raw = images.prepare_column(raw, config.data, images.base_dir(config.data))
-    raw, labels = labelled(raw, config)
-    raw = images.check_images(raw, config.data.image_column, config.data.bad_images)
-    return raw, labels
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
+        stratify = None if config.data.label_separator else config.data.label_column
+        raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify,
+                          read_folder=images.read_folder)
+        for split, ds in raw.items():
+            if config.data.label_column not in ds.column_names:
+                raise HftlError(
+                    f"Column `{config.data.label_column}` (from `label_column`) is not in the {split} split. Its "
+                    f"columns are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
+                )
+        raw = images.prepare_column(raw, config.data, images.base_dir(config.data))
+        raw, labels = labelled(raw, config)
+        raw = images.check_images(raw, config.data.image_column, config.data.bad_images)
+        return raw, labels
 
+    def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
+        model, processor = checkpoints.load(
+            config, AutoModelForImageClassification, AutoImageProcessor, labels, what="image model",
+            expected="a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small",
+        )
+        preprocess = Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
+        if config.data.image_size:
+            set_image_size(model, config.data.image_size)
+        _check_input_size(model, preprocess)
+        return Loaded(model, processor, labels, preprocess)
 
-def build_model(config: RunConfig, labels: Labels):
-    model, processor = checkpoints.load(
-        config, AutoModelForImageClassification, AutoImageProcessor, labels, what="image model",
-        expected="a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small",
-    )
-    preprocess = Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
-    if config.data.image_size:
-        set_image_size(model, config.data.image_size)
-    _check_input_size(model, preprocess)
-    _PREPROCESS[processor] = preprocess  # not an attribute: save_pretrained would write every attribute
-    return model, processor
+    def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
+        """Images stay stored; each split decodes and preprocesses on access (training: with augmentation)."""
+        column = config.data.image_column
+        out = DatasetDict()
+        for split, ds in raw.items():
+            keep = [c for c in ds.column_names if c not in (column, "labels")]
+            train = split == "train" and config.data.augment
+            out[split] = ds.remove_columns(keep).with_transform(loaded.preprocess.transform(column, train))
+        return out
+
+    def source_batches(self, config: RunConfig, loaded: Loaded, name: str, samples: int, batch_size: int = 16):
+        """Preprocessed like eval images; every image checked here, decoded batch by batch as they are consumed."""
+        data = config.data
+        train = sample_of(data, name, samples, read_folder=images.read_folder)
+        other = dataclasses.replace(data, dataset=name, train_file=None, image_root=None)  # paths relative to `name`
+        train = images.prepare_column(DatasetDict(train=train), other, images.base_dir(other))
+        train = images.check_images(train, data.image_column, data.bad_images)["train"]
+        values = train[data.image_column]
+        return (
+            {"pixel_values": torch.stack([loaded.preprocess.pixels(v, train=False) for v in values[s : s + batch_size]])}
+            for s in range(0, len(values), batch_size)
+        )
+
+    def describe_inputs(self, config: RunConfig) -> str:
+        data = config.data
+        size = f", {data.image_size} px" if data.image_size else ""
+        aug = (f"random resized crop (min area {data.crop_min_scale:g}){' + flip' if data.hflip else ''}"
+               if data.augment else "no augmentation")
+        return f"image column `{data.image_column}`{size}, {aug}"
 
 
 def _check_input_size(model, preprocess: Preprocess) -> None:
@@ -85,20 +123,3 @@ def _check_input_size(model, preprocess: Preprocess) -> None:
         ) from None
     finally:
         model.train(was)
-
-
-def encode(config: RunConfig, raw: DatasetDict, processor) -> DatasetDict:
-    """Images stay stored; each split decodes and preprocesses on access (training: with augmentation)."""
-    config.training.remove_unused_columns = False  # the image column feeds the transform; the Trainer must keep it
-    preprocess = _PREPROCESS[processor]
-    column = config.data.image_column
-    out = DatasetDict()
-    for split, ds in raw.items():
-        keep = [c for c in ds.column_names if c not in (column, "labels")]
-        train = split == "train" and config.data.augment
-        out[split] = ds.remove_columns(keep).with_transform(preprocess.transform(column, train))
-    return out
-
-
-def collator(processor):
-    return default_data_collator

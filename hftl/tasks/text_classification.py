@@ -7,18 +7,19 @@ on short texts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftl.config import RunConfig
-from hftl.data.sources import load_splits
+from hftl.data.sources import load_splits, sample_of
 from hftl.errors import HftlError
 from hftl.tasks import checkpoints
-from hftl.tasks.checkpoints import model_source  # noqa: F401  (the task interface)
-from hftl.tasks.classification import Labels, best_metric, compute_metrics_fn, labelled, metric_names  # noqa: F401
+from hftl.tasks.base import Capabilities, Loaded
+from hftl.tasks.classification import ClassificationTask, Labels, labelled
 
-PIPELINE_TASK = "text-classification"
-CACHEABLE = True  # the heads read only the first token of the last hidden state; no augmentation
+if TYPE_CHECKING:
+    from hftl.config import RunConfig
 
 
 def _check_columns(raw: DatasetDict, config: RunConfig) -> None:
@@ -41,40 +42,73 @@ def _check_columns(raw: DatasetDict, config: RunConfig) -> None:
                 )
 
 
-def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
-    stratify = None if config.data.label_separator else config.data.label_column  # multi-label: no strata
-    raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify)
-    _check_columns(raw, config)
-    return labelled(raw, config)
+class TextClassification(ClassificationTask):
+    name = "text-classification"
+    pipeline_task = "text-classification"
+    capabilities = Capabilities(
+        cached_features=True,  # the heads read only the first token of the last hidden state; no augmentation
+        text_embeddings=True, source_batches=True, replay=True, lora_task_type="SEQ_CLS", compare=True,
+    )
+    training_defaults = {"train_sampling_strategy": "group_by_length"}  # length-grouped batches waste little on padding
 
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
+        stratify = None if config.data.label_separator else config.data.label_column  # multi-label: no strata
+        raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify)
+        _check_columns(raw, config)
+        return labelled(raw, config)
 
-def build_model(config: RunConfig, labels: Labels):
-    return checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
-                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6")
+    def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
+        model, tokenizer = checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
+                                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6")
+        return Loaded(model, tokenizer, labels)
 
+    def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
+        data, tokenizer = config.data, loaded.processor
+        max_length = self.max_length(config, tokenizer)
 
-def encode(config: RunConfig, raw: DatasetDict, tokenizer) -> DatasetDict:
-    data = config.data
-    limit = getattr(tokenizer, "model_max_length", None) or data.max_length
-    max_length = min(data.max_length, limit)  # past the position table the model would index out of range
-    if max_length < data.max_length:
-        print(f"hftl: max_length {data.max_length} exceeds the model's {limit} positions; using {limit}.")
+        def tokenize(batch):
+            first = [t if t is not None else "" for t in batch[data.text_column]]
+            second = None
+            if data.text_pair_column:
+                second = [t if t is not None else "" for t in batch[data.text_pair_column]]
+            return tokenizer(first, second, truncation=True, max_length=max_length)
 
-    def tokenize(batch):
-        first = [t if t is not None else "" for t in batch[data.text_column]]
-        second = None
-        if data.text_pair_column:
-            second = [t if t is not None else "" for t in batch[data.text_pair_column]]
-        return tokenizer(first, second, truncation=True, max_length=max_length)
+        out = DatasetDict()
+        for split, ds in raw.items():
+            drop = [c for c in ds.column_names if c != "labels"]
+            out[split] = ds.map(tokenize, batched=True, remove_columns=drop, desc=f"Tokenizing {split}")
+        return out
 
-    out = DatasetDict()
-    for split, ds in raw.items():
-        drop = [c for c in ds.column_names if c != "labels"]
-        out[split] = ds.map(tokenize, batched=True, remove_columns=drop, desc=f"Tokenizing {split}")
-    return out
+    @staticmethod
+    def max_length(config: RunConfig, tokenizer) -> int:
+        """`max_length`, capped at the model's positions: past its position table the model would index out of range."""
+        wanted = config.data.max_length
+        limit = getattr(tokenizer, "model_max_length", None) or wanted
+        if limit < wanted:
+            print(f"hftl: max_length {wanted} exceeds the model's {limit} positions; using {limit}.")
+        return min(wanted, limit)
 
+    def collator(self, loaded: Loaded):
+        return DataCollatorWithPadding(loaded.processor, pad_to_multiple_of=None)
 
-def collator(tokenizer):
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    def source_batches(self, config: RunConfig, loaded: Loaded, name: str, samples: int, batch_size: int = 16):
+        """Tokenised like the task's inputs; all read and checked here, before the first batch."""
+        data = config.data
+        train = sample_of(config.data, name, samples)
+        if data.text_column not in train.column_names:
+            raise HftlError(
+                f"`{name}` has no `{data.text_column}` column (from `text_column`); its columns are "
+                f"{', '.join(train.column_names)}. Give data with the task's text column."
+            )
+        texts = [t or "" for t in train[data.text_column]]
+        return [
+            loaded.processor(texts[start : start + batch_size], truncation=True, max_length=data.max_length,
+                             padding=True, return_tensors="pt")
+            for start in range(0, len(texts), batch_size)
+        ]
 
+    def describe_inputs(self, config: RunConfig) -> str:
+        data = config.data
+        pair = f" + `{data.text_pair_column}`" if data.text_pair_column else ""
+        return f"text column `{data.text_column}`{pair}"
 

@@ -1,0 +1,92 @@
+"""Checks that need no model and run before anything is written: the output folder, the checkpoint
+to resume from, the logging integrations; and the hub token moved out of the Trainer's arguments.
+
+They take plain values, so a training script of its own can run them too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from hftl.errors import HftlError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+INTEGRATIONS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",), "trackio": ("trackio",)}
+
+
+def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:
+    """Refuse to train into a folder holding an earlier run, unless asked to overwrite or resuming."""
+    out = Path(output_dir)
+    if not out.is_dir() or not any(out.iterdir()) or overwrite or resuming:
+        return
+    raise HftlError(
+        f"output_dir `{out}` already holds files from an earlier run. Pick another `--output_dir`, "
+        "pass `--overwrite_output_dir true` to replace it, or `--resume_from_checkpoint PATH` to continue it."
+    )
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """`true`/`last` mean the newest complete checkpoint in output_dir; any other value must be a complete
+    checkpoint folder. Returns the folder to resume from (None: a fresh run)."""
+    if not value:
+        return None
+    if str(value).lower() in ("true", "last"):
+        last = last_complete_checkpoint(output_dir)
+        if last is None:
+            raise HftlError(
+                f"resume_from_checkpoint={value} but `{output_dir}` holds no checkpoint-* folder. Train with a "
+                "save_strategy first, or pass the checkpoint folder's path."
+            )
+        return last
+    if not complete(Path(value)):
+        raise HftlError(
+            f"resume_from_checkpoint `{value}` is not a complete checkpoint folder (weights, trainer state and RNG "
+            "state; a run killed while saving leaves an incomplete one). Pass a "
+            f"`{output_dir}/checkpoint-N` folder, or `true` for the newest one."
+        )
+    return str(value)
+
+
+def complete(folder: Path) -> bool:
+    """The Trainer writes weights, optimizer, trainer_state.json, then RNG state: all there = finished."""
+    weights = any((folder / n).is_file() for n in WEIGHT_FILES)
+    return weights and (folder / "trainer_state.json").is_file() and any(folder.glob("rng_state*.pth"))
+
+
+def last_complete_checkpoint(out: str) -> str | None:
+    """Newest checkpoint-N that was fully written; a kill during a save leaves a partial one behind."""
+    if not os.path.isdir(out):
+        return None
+
+    def step(path: Path) -> int:
+        tail = path.name.split("-")[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    for folder in sorted(Path(out).glob("checkpoint-*"), key=step, reverse=True):
+        if complete(folder):
+            return str(folder)
+        print(f"hftl: skipping {folder.name}: incomplete (the run stopped while saving it).")
+    return None
+
+
+def check_integrations(report_to: list[str] | None) -> None:
+    """A report_to backend that is not installed fails after the plan is written; check it first."""
+    for name in report_to or []:
+        needed = INTEGRATIONS.get(name)
+        if needed and not any(importlib.util.find_spec(p) for p in needed):
+            raise HftlError(f"report_to includes `{name}` but it is not installed: pip install {needed[0]} (or drop it "
+                            "from report_to).")
+
+
+def hide_token(training_args) -> None:
+    """Move a command-line hub token into the environment, where huggingface_hub finds it.
+
+    The Trainer pickles TrainingArguments into training_args.bin in every checkpoint and in the
+    pushed folder; a token left in the arguments would be uploaded with the model.
+    """
+    if training_args.hub_token:
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None

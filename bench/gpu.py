@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
-
 from timing import interleave, median, steps_per_second, write_table  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 
 @dataclass
@@ -148,23 +147,16 @@ def train_flops_per_sample(model: torch.nn.Module, tokens: int, trainable_fracti
     return forward * (1 + 2 * trainable_fraction)
 
 
-def _settings(strategy: str, unfrozen: int, lr: float):
-    from types import SimpleNamespace
-
-    transfer = SimpleNamespace(strategy=strategy, unfrozen_groups=unfrozen, layer_decay=0.9, head_lr=10 * lr, freeze=[],
-                               gather_features=False)
-    return SimpleNamespace(transfer=transfer, training=SimpleNamespace(learning_rate=lr))
-
-
 def hftl_assignment(model, strategy: str, unfrozen: int, lr: float):
-    from hftl.engine import towers
     from hftl.engine.freeze import FreezePlan, set_frozen_eval
     from hftl.engine.layers import is_dual_encoder, layer_groups
     from hftl.engine.optim import assign, group_lrs
+    from hftl.engine.towers import TOWER_NAMES, TowerPlan, apply_tower_plans
 
     groups = layer_groups(model)
     if is_dual_encoder(model):
-        _, lrs = towers.apply_plan(_settings(strategy, unfrozen, lr), groups)
+        plans = {tower: TowerPlan(strategy, unfrozen, lr, 0.9) for tower in TOWER_NAMES}
+        _, lrs = apply_tower_plans(groups, plans, head_lr=10 * lr, logit_scale_lr=lr)
     else:
         FreezePlan(strategy, unfrozen).apply(groups)
         lrs = group_lrs(groups, lr, 0.9, 10 * lr)
@@ -195,9 +187,12 @@ def run_case(case: Case, args, tmp: str) -> list[list[str]]:
     extra = {}
     plain_data = data
     if dual:
-        from hftl.tasks import clip
+        from types import SimpleNamespace
 
-        extra = {"loss_fn": clip.loss_fn(_settings("full", 0, 2e-5))}
+        from hftl.tasks import get_task
+
+        settings = SimpleNamespace(transfer=SimpleNamespace(gather_features=False))  # the loss reads this key only
+        extra = {"loss_fn": get_task("clip").loss_fn(settings)}
         plain_data = ReturnLoss(data)
     unfrozen = n_blocks - (2 * n_blocks) // 3  # bottom two thirds of the blocks (and embeddings) frozen
     frozen_assign, groups = hftl_assignment(frozen_model, "partial", unfrozen, 2e-5)

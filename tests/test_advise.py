@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
+from helpers import write_folder
 from hftl.commands import advise
 from hftl.advice import guide
 from hftl.advice import probe
@@ -272,12 +273,9 @@ def test_similarity_signal_separates_pretraining_data_from_random_data(tmp_path,
     assert measured["seen"][1] == "close" and measured["random"][1] == "far"
 
 
-def test_advise_on_an_image_folder(tmp_path):
-    from test_images import make_tiny_vit, write_folder
-
-    vit = make_tiny_vit(tmp_path / "vit")
+def test_advise_on_an_image_folder(tmp_path, tiny_vit):
     folder = write_folder(tmp_path / "images", classes=("blue", "red"), per_class=30)
-    rc, out, err = _advise("--task", "image-classification", "--model_name_or_path", vit, "--dataset", folder,
+    rc, out, err = _advise("--task", "image-classification", "--model_name_or_path", tiny_vit, "--dataset", folder,
                            "--use_cpu", "true", "--out", tmp_path / "advice")
     assert rc == 0, err[-2000:]
     record = json.loads((tmp_path / "advice" / "advice.json").read_text())

@@ -9,36 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import make_tiny_model, sentiment_rows, write_csv, write_recipe
+from helpers import launch
 
-REPO = Path(__file__).resolve().parents[1]
-CPU_DDP_CONFIG = REPO / "recipes" / "accelerate" / "cpu-ddp-2.yaml"
 FROZEN_PREFIXES = ("embeddings.", "encoder.layer.0.", "encoder.layer.1.")  # partial, unfrozen_groups=1, 3 blocks
 TRAINED_PREFIXES = ("encoder.layer.2.", "pooler.")
-
-
-def _launch(recipe: Path, cwd: Path) -> subprocess.CompletedProcess:
-    bin_dir = Path(sys.executable).parent  # the venv's bin: `accelerate` and the Python it runs
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",  # 2 ranks on a 2-core machine: one thread each, no oversubscription
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-    )
-    command = [
-        str(bin_dir / "accelerate"), "launch", "--config_file", str(CPU_DDP_CONFIG),
-        "-m", "hftl", "train", str(recipe),
-    ]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
 def _mean_loss(model_dir: Path, csv_path: Path) -> float:
@@ -77,7 +56,7 @@ def test_two_process_ddp_partial_freeze(tmp_path):
         output_dir=str(out),
     )
 
-    result = _launch(recipe, cwd=tmp_path)
+    result = launch(recipe, tmp_path, check=False)
     assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
     report = json.loads((out / "replica_check.json").read_text())
@@ -119,7 +98,7 @@ def test_two_process_ddp_with_replay_and_ewc(tmp_path):
         learning_rate=1.0e-2, per_device_train_batch_size=8, output_dir=str(out),
         replay_data=str(source_csv), replay_ratio=0.5, ewc=1.0, ewc_data=str(source_csv), ewc_samples=16,
     )
-    result = _launch(recipe, cwd=tmp_path)
+    result = launch(recipe, tmp_path, check=False)
     assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     report = json.loads((out / "replica_check.json").read_text())
     assert report["world_size"] == 2 and report["in_sync"] is True

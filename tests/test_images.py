@@ -413,6 +413,11 @@ def test_cli_image_size_on_vit(tiny_vit, colour_folder, tmp_path):
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_vit), dataset=str(colour_folder),
                      image_size=48, output_dir=str(out))
     _train(recipe)
+    assert json.loads((out / "config.json").read_text())["image_size"] == 48
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 48, "width": 48}
+    processor = _processor(out)
+    assert processor(images=_random_image(70, 50), return_tensors="np")["pixel_values"].shape == (1, 3, 48, 48)
 
 
 def test_cli_image_size_on_dinov2_saves_a_matching_processor(tiny_dinov2, colour_folder, tmp_path):

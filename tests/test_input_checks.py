@@ -55,15 +55,30 @@ def test_unknown_best_metric_and_missing_integration(recipe, capsys):
     assert "pip install wandb" in message
 
 
+SPLIT_SEEDS = (0, 1, 2, 3, 42)  # 42 is the default split_seed
+
+
 def test_carved_validation_is_stratified_for_string_labels(tmp_path, recipe):
-    rows = [{"text": "good day", "label": "pos"}] * 30 + [{"text": "bad day", "label": "neg"}] * 10
-    data = write_csv(tmp_path / "skewed.csv", rows)
+    """4 rare rows in 40 and validation_split 0.25: a stratified split puts exactly 1 in validation and 3 in train
+    whatever the seed; an unstratified one gives 0 for seeds 0, 2 and 3 and 2 for seed 42 (checked below)."""
+    from datasets import Dataset
+
     from hftl.tasks import get_task
 
-    raw, labels = get_task("text-classification").load_data(load_config(recipe(train_file=str(data), test_file=None, validation_split=0.25)))
-    counts = sorted(raw["validation"]["labels"])
-    assert counts.count(1) == 7 or counts.count(1) == 8  # 3:1 kept, not left to chance
-    assert counts.count(0) in (2, 3) and len(counts) == 10
+    rows = [{"text": f"good day {i}", "label": "common"} for i in range(36)]
+    for k, position in enumerate((5, 15, 25, 35)):
+        rows.insert(position, {"text": f"bad day {k}", "label": "rare"})
+    data = write_csv(tmp_path / "skewed.csv", rows)
+    unstratified = {seed: Dataset.from_list(rows).train_test_split(test_size=10, seed=seed)["test"]["label"].count("rare")
+                    for seed in SPLIT_SEEDS}
+    assert [seed for seed, n in unstratified.items() if n != 1] == [0, 2, 3, 42]  # the data does tell the two apart
+    for seed in SPLIT_SEEDS:
+        config = load_config(recipe(train_file=str(data), test_file=None, validation_split=0.25, split_seed=seed))
+        raw, labels = get_task("text-classification").load_data(config)
+        rare = labels.names.index("rare")
+        validation, train = list(raw["validation"]["labels"]), list(raw["train"]["labels"])
+        assert (validation.count(rare), len(validation)) == (1, 10), seed
+        assert (train.count(rare), len(train)) == (3, 30), seed
 
 
 def test_deberta_v2_plans_through_the_cli(tmp_path, tiny_bert, sentiment_csv):

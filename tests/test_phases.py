@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
 from conftest import make_tiny_model, sentiment_rows, write_csv, write_recipe
+from helpers import launch
 from hftl.commands import train as run
 from hftl.cli import main
 from hftl.config import load_config
 from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup
 from hftl.engine.phases import Phase, phase_at, schedule
-from test_ddp import _launch
 
 KEYS = {  # one tensor per group of the tiny 3-block BERT
     "embeddings": "embeddings.word_embeddings.weight",
@@ -109,7 +109,7 @@ def test_two_process_gradual_unfreezing_stays_in_sync(tiny3, tmp_path):
         strategy="partial", unfrozen_groups=2, unfreeze_every=1, num_train_epochs=3, learning_rate=1e-2,
         per_device_train_batch_size=8, ddp_find_unused_parameters=False,
     )
-    result = _launch(recipe, cwd=tmp_path)
+    result = launch(recipe, tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads((out / "replica_check.json").read_text())
     assert check["world_size"] == 2 and check["in_sync"]

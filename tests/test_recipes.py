@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import make_tiny_model, sentiment_rows, write_csv
+from helpers import write_folder
 from hftl.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,16 +168,13 @@ CLIP_RECIPES = sorted((REPO / "recipes" / "clip").glob("*/*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def tiny_clip_and_images(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_clip_and_images(tmp_path_factory, tiny_clip) -> tuple[Path, Path]:
     """A tiny CLIPModel with its processor, and a blue/green/red image folder with train/ and test/ (CIFAR's splits)."""
-    from test_clip import make_tiny_clip
-    from test_images import write_folder
-
     root = tmp_path_factory.mktemp("tiny_clip")
     images = root / "images"
     write_folder(images / "train", classes=("blue", "green", "red"), per_class=8)
     write_folder(images / "test", classes=("blue", "green", "red"), per_class=3, start=50)
-    return make_tiny_clip(root / "model"), images
+    return tiny_clip, images
 
 
 def test_clip_recipe_set_is_complete():

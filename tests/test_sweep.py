@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,11 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import write_recipe
+from helpers import launch
 from hftl.commands import sweep
 from hftl.cli import main
 from hftl.errors import HftlError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _sweep(*args) -> tuple[int, str, str]:
@@ -115,12 +113,7 @@ def test_sweep_writes_a_complete_table_survives_a_failure_and_resumes(tmp_path, 
 @pytest.mark.slow
 def test_sweep_under_a_two_process_launch_runs_in_process(tmp_path, tiny_bert, sentiment_csv):
     recipe = _recipe(tmp_path, tiny_bert, sentiment_csv)
-    bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(bin_dir / "accelerate"), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu-ddp-2.yaml"),
-               "-m", "hftl", "sweep", str(recipe), "--strategies", "feature_extraction,partial"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = launch(recipe, tmp_path, "--strategies", "feature_extraction,partial", command="sweep", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["strategy"]: r for r in csv.DictReader(open(tmp_path / "run-sweep" / "sweep.csv"))}
     assert [r["status"] for r in rows.values()] == ["ok", "ok"]

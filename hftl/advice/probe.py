@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from hftl.errors import HftlError
 from hftl.engine.pooling import masked_mean
+from hftl.errors import HftlError
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig

@@ -20,11 +20,12 @@ import yaml
 from transformers import set_seed
 
 from hftl.advice import probe
-from hftl.config import RunConfig, override_keys, read_recipe
-from hftl.errors import HftlError
 from hftl.advice.guide import Advice, Measurements, decide, domain
+from hftl.config import RunConfig, override_keys, read_recipe
 from hftl.engine.layers import layer_groups
+from hftl.errors import HftlError
 from hftl.tasks import get_task
+
 
 def measure(config: RunConfig, samples: int) -> Measurements:
     """Everything the guide asks about, from the data and the frozen checkpoint."""

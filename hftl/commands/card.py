@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from hftl.data import builtin
-from hftl.config import RunConfig, split_tokens
 from hftl.commands.outline import Run
-from hftl.engine.plan import PlanRow, markdown
+from hftl.config import RunConfig, split_tokens
+from hftl.data import builtin
+from hftl.engine.plan import markdown
 
 STRATEGY_TEXT = {
     "feature_extraction": "feature extraction: the pre-trained backbone is frozen and only the new head trains",

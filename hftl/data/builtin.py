@@ -102,8 +102,12 @@ def _dual_encoder_small() -> Path:
     import tempfile
 
     import torch
-    from transformers import (AutoImageProcessor, AutoTokenizer, VisionTextDualEncoderModel,
-                              VisionTextDualEncoderProcessor)
+    from transformers import (
+        AutoImageProcessor,
+        AutoTokenizer,
+        VisionTextDualEncoderModel,
+        VisionTextDualEncoderProcessor,
+    )
 
     print(f"hftl: building builtin:dual-encoder-small in {target} (once).")
     target.parent.mkdir(parents=True, exist_ok=True)

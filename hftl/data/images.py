@@ -11,11 +11,10 @@ Turning them into model inputs is hftl/preprocess.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value

@@ -8,16 +8,15 @@ Both run on the fly (`with_transform`), per batch, in PIL and numpy: no torchvis
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from hftl.errors import HftlError
 from hftl.data.images import decode, describe
+from hftl.errors import HftlError
 
 if TYPE_CHECKING:
     from hftl.config import DataArgs

@@ -23,8 +23,8 @@ import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup, find_blocks
+from hftl.errors import HftlError
 
 FEATURES = "inputs_embeds"
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup, backbone_size
-
+from hftl.errors import HftlError
 
 # Parameters only pre-training uses (DINOv2/ViT-MAE's mask token): never trained, whatever the plan, so
 # no gradient is ever expected for them (DDP without find_unused_parameters would wait for one).

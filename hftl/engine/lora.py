@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torch import nn
 
-from hftl.errors import HftlError
 from hftl.engine.layers import LayerGroup, find_blocks
+from hftl.errors import HftlError
 
 # model_type -> the attention projections to adapt (query and value, as in the LoRA paper)
 DEFAULT_TARGETS = {

@@ -18,9 +18,9 @@ from pathlib import Path
 from torch import nn
 from transformers import TrainerCallback
 
-from hftl.errors import HftlError
 from hftl.engine.freeze import set_frozen_eval
 from hftl.engine.layers import LayerGroup
+from hftl.errors import HftlError
 
 PLAN_FILE = "hftl_plan.json"
 

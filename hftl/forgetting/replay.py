@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-
-from typing import TYPE_CHECKING
 
 from hftl.data.sources import load_splits
 from hftl.engine.pooling import mean_pooled

@@ -8,16 +8,15 @@ fine-tuned encoder that kept its general features scores as before; one that for
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-import dataclasses
-from typing import TYPE_CHECKING
-
 from hftl.data.sources import load_splits
-from hftl.errors import HftlError
 from hftl.engine.pooling import mean_pooled
+from hftl.errors import HftlError
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig

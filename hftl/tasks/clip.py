@@ -2,7 +2,7 @@
 
 Models: `CLIPModel` and `VisionTextDualEncoderModel` (any vision encoder and text encoder joined
 by projections), loaded with AutoModel. Each tower has its own freeze plan and layer-wise lrs
-(hftl/towers.py); `logit_scale` trains without weight decay.
+(engine/towers.py); `logit_scale` trains without weight decay. Inputs: tasks/clip_inputs.py.
 
 Data: images with captions (`caption_column`), or labelled images whose captions come from
 `prompt_templates` ("a photo of a {label}."). With labels, every run reports zero-shot accuracy
@@ -21,29 +21,24 @@ the zero-shot class embeddings, so its first step starts at zero-shot accuracy.
 
 from __future__ import annotations
 
-import zlib
 from typing import TYPE_CHECKING
 
 import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl.data import images
-from hftl.data.preprocess import Preprocess
-from hftl.data.sources import load_splits
-from hftl.engine.layers import is_dual_encoder
 from hftl.engine.towers import TOWER_NAMES, TowerPlan, apply_tower_plans
 from hftl.errors import HftlError
-from hftl.tasks import checkpoints
+from hftl.tasks import clip_inputs
 from hftl.tasks.base import Capabilities, Loaded, Task
-from hftl.tasks.classification import Labels, labelled
+from hftl.tasks.classification import Labels
+from hftl.tasks.clip_inputs import DEFAULT_PROMPT, templates
 from hftl.tasks.zero_shot import zero_shot_accuracy
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
 
 MAX_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
-DEFAULT_PROMPT = "a photo of a {label}."
 DUAL_STRATEGIES = ("feature_extraction", "partial", "full")
 TOWER_KEYS = ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")
 MODE_TEXT = {
@@ -51,151 +46,6 @@ MODE_TEXT = {
     "zero_shot": "zero-shot classification: no training",
     "linear_probe": "linear probe on frozen, cached image embeddings (zero-shot initialised)",
 }
-
-
-def templates(config: RunConfig) -> list[str]:
-    return list(config.data.prompt_templates) or [DEFAULT_PROMPT]
-
-
-# ---------------------------------------------------------------- data
-
-
-def _load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
-    data = config.data
-    raw = load_splits(data, config.model.trust_remote_code, stratify_column=data.label_column, read_folder=images.read_folder)
-    columns = raw["train"].column_names
-    has_captions = data.caption_column in columns
-    has_labels = data.label_column in columns
-    if not has_captions and not has_labels:
-        raise HftlError(
-            f"The train split has no caption column `{data.caption_column}` (from `caption_column`) and no label column "
-            f"`{data.label_column}` to make captions from. Its columns are: {', '.join(columns)}. Set `caption_column` "
-            "to the column with the captions, or `label_column` to a label column (captions then come from "
-            "`prompt_templates`)."
-        )
-    if config.transfer.clip_mode != "contrastive" and not has_labels:
-        raise HftlError(
-            f"clip_mode {config.transfer.clip_mode} classifies images: it needs a label column (`{data.label_column}` is "
-            f"not in {', '.join(columns)}). Set `label_column`."
-        )
-    if has_captions:
-        _check_captions(raw, data.caption_column, data.image_column)
-    raw = images.prepare_column(raw, data, images.base_dir(config.data))
-    if has_labels:
-        raw, labels = labelled(raw, config)
-    else:
-        labels = Labels([], False, data.label_column)
-    raw = images.check_images(raw, data.image_column, data.bad_images)
-    return raw, labels
-
-
-def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
-    for split, ds in raw.items():
-        if column not in ds.column_names:
-            raise HftlError(f"The {split} split has no caption column `{column}`; give every split captions.")
-        dtype = getattr(ds.features[column], "dtype", None)
-        if dtype not in ("string", "large_string"):
-            raise HftlError(
-                f"The caption column `{column}` of the {split} split holds {dtype or type(ds.features[column]).__name__} "
-                "values, not one caption string per image. Give one caption per row (repeat an image for more captions)."
-            )
-        empty = [i for i, c in enumerate(ds[column]) if c is None or not str(c).strip()]
-        if empty:
-            value = ds[empty[0]].get(image_column)
-            which = f"the image {value}" if isinstance(value, str) else f"row {empty[0]} of the split"
-            raise HftlError(
-                f"The {split} split has {len(empty)} empty caption(s) in `{column}` (the first belongs to {which}). Every "
-                "image needs a caption: fill those rows or drop them."
-            )
-
-
-# ---------------------------------------------------------------- model
-
-
-def _build_model(config: RunConfig, labels: Labels) -> Loaded:
-    from transformers import AutoModel, AutoProcessor
-
-    model, processor = checkpoints.load(
-        config, AutoModel, AutoProcessor, what="dual encoder",
-        expected="a CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small",
-    )
-    if not is_dual_encoder(model):
-        raise HftlError(
-            f"task clip needs a dual encoder (CLIPModel or VisionTextDualEncoderModel); `{config.model.model_name_or_path}` "
-            f"loads as {type(model).__name__}. Use task image-classification or text-classification for it."
-        )
-    image_processor = getattr(processor, "image_processor", None)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if image_processor is None or tokenizer is None:
-        raise HftlError(f"`{config.model.model_name_or_path}` has no image processor and tokenizer pair (a CLIP processor).")
-    vision_type = getattr(getattr(model.config, "vision_config", None), "model_type", "")
-    if config.data.image_size and vision_type != "dinov2":
-        raise HftlError(
-            f"image_size is available for DINOv2 vision towers, not `{vision_type}`: drop it to use the checkpoint's size."
-        )
-    return Loaded(model, processor, labels, Preprocess(image_processor, config.data))
-
-
-# ---------------------------------------------------------------- encoding
-
-
-def _encode(config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
-    """Images and captions stay stored; each access decodes, augments (train) and tokenises."""
-    preprocess, names = loaded.preprocess, loaded.labels.names
-    data = config.data
-    captions = data.caption_column in raw["train"].column_names
-    prompts = templates(config)
-    out = DatasetDict()
-    for split, ds in raw.items():
-        train = split == "train"
-        keep = {data.image_column, "labels"} | ({data.caption_column} if captions else set())
-        ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
-        out[split] = ds.with_transform(_transform(preprocess, data.image_column, data.caption_column if captions else None,
-                                                  names, prompts, train and data.augment, train))
-    return out
-
-
-def _transform(preprocess, image_column, caption_column, names, prompts, augment, random_prompt):
-    def apply(batch: dict) -> dict:
-        out = {"pixel_values": [preprocess.pixels(value, augment) for value in batch[image_column]]}
-        if caption_column is not None:
-            out["caption"] = [str(c) for c in batch[caption_column]]
-        else:
-            ids = batch["labels"]
-            picks = torch.randint(0, len(prompts), (len(ids),)).tolist() if random_prompt else [0] * len(ids)
-            out["caption"] = [prompts[p].format(label=names[i]) for p, i in zip(picks, ids)]
-        if "labels" in batch:
-            out["labels"] = batch["labels"]
-        return out
-
-    return apply
-
-
-class Collator:
-    """Stack images, tokenise and pad captions, keep labels (same-label positives, zero-shot).
-
-    Caption-only data gets a stable id per caption text as its `labels`, so two images with the
-    same caption in a batch are positives of each other, not negatives (crc32: equal on every rank)."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def __call__(self, rows: list[dict]) -> dict:
-        text = self.tokenizer([r["caption"] for r in rows], padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
-        batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows]), "input_ids": text["input_ids"],
-                 "attention_mask": text["attention_mask"]}
-        if "labels" in rows[0]:
-            batch["labels"] = torch.tensor([r["labels"] for r in rows])
-        else:
-            batch["labels"] = torch.tensor([zlib.crc32(r["caption"].encode()) & 0x7FFFFFFF for r in rows])
-        return batch
-
-
-def _collator(processor):
-    limit = getattr(processor.tokenizer, "model_max_length", None)
-    return Collator(processor.tokenizer, limit if limit and limit < 10**6 else 77)  # CLIP: 77 positions
 
 
 # ---------------------------------------------------------------- loss
@@ -304,19 +154,19 @@ class Clip(Task):
                                 "`{label}`.") from None
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
-        raw, labels = _load_data(config)
+        raw, labels = clip_inputs.load_data(config)
         if config.transfer.clip_mode != "contrastive" and len(labels.names) < 2:
             raise HftlError("Zero-shot classification and the linear probe need at least 2 classes in `label_column`.")
         return raw, labels
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
-        return _build_model(config, labels)
+        return clip_inputs.build_model(config, labels)
 
     def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
-        return _encode(config, raw, loaded)
+        return clip_inputs.encode(config, raw, loaded)
 
     def collator(self, loaded: Loaded):
-        return _collator(loaded.processor)
+        return clip_inputs.collator(loaded.processor)
 
     def apply_plan(self, config: RunConfig, groups):
         return apply_tower_plans(groups, tower_plans(config), config.transfer.head_lr, config.training.learning_rate,

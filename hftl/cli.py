@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
-    from hftl.commands import train as run
+    from hftl.commands import train
     from hftl.commands.card import reproduce_command
     from hftl.config import load_config
 
@@ -90,9 +90,9 @@ def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
         return 0
     config = load_config(recipe, overrides)
     if command == "plan":
-        run.plan(config)
+        train.plan(config)
     else:
-        run.train(config, reproduce_command(recipe, overrides))
+        train.train(config, reproduce_command(recipe, overrides))
     return 0
 
 

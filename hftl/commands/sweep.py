@@ -136,12 +136,12 @@ def _run_in_process(recipe: str, overrides: list[str]) -> tuple[int, str]:
     sweep instead (sweep.json keeps what finished; `--resume` goes on). `--launcher` isolates crashes."""
     import torch
 
-    from hftl.commands import train as run
+    from hftl.commands import train
     from hftl.commands.card import reproduce_command
     from hftl.config import load_config
 
     try:
-        run.train(load_config(recipe, overrides), reproduce_command(recipe, overrides))
+        train.train(load_config(recipe, overrides), reproduce_command(recipe, overrides))
     except HftlError as err:  # bad input is found before training, on every rank alike: a row in the table
         return 2, str(err)
     finally:

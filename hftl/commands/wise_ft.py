@@ -62,8 +62,6 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -> list[dict]:
-    from transformers import AutoModel
-
     from hftl.tasks import get_task
 
     task = get_task(config.transfer.task)
@@ -81,17 +79,8 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
         raise HftlError("WiSE-FT measures zero-shot accuracy: the recipe's data needs a label column with 2+ classes.")
     loaded = task.build_model(config, labels)  # the zero-shot end, with the recipe's preprocessing
     model = loaded.model
-    try:
-        tuned = AutoModel.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {first_line(err)}.") from None
-    if type(tuned) is not type(model):
-        raise HftlError(
-            f"WiSE-FT needs two checkpoints of one architecture: the zero-shot model is {type(model).__name__}, "
-            f"`{folder}` holds {type(tuned).__name__}."
-        )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    end = tuned.state_dict()
+    end = _fine_tuned(folder, model).state_dict()
     check_compatible(start, end)  # shape and name checks before any evaluation
     encoded = task.encode(config, raw, loaded)
     rows, split = [], None
@@ -104,6 +93,22 @@ def run(config: RunConfig, alphas: list[float], fine_tuned: str | None = None) -
     if config.training.process_index == 0:  # under accelerate launch every rank measures; one writes
         _write(folder / "wise-ft", rows, split, config.model.model_name_or_path, str(folder))
     return rows
+
+
+def _fine_tuned(folder: Path, zero_shot):
+    """The fine-tuned end: the same architecture as the zero-shot model, or a clear error."""
+    from transformers import AutoModel
+
+    try:
+        tuned = AutoModel.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise HftlError(f"Could not load the fine-tuned model in `{folder}`: {first_line(err)}.") from None
+    if type(tuned) is not type(zero_shot):
+        raise HftlError(
+            f"WiSE-FT needs two checkpoints of one architecture: the zero-shot model is {type(zero_shot).__name__}, "
+            f"`{folder}` holds {type(tuned).__name__}."
+        )
+    return tuned
 
 
 def _write(out: Path, rows: list[dict], split: str, zero_shot: str, fine_tuned: str) -> None:

@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
+from hftl.engine.freeze import STRATEGIES
+from hftl.engine.towers import TOWER_STRATEGIES
 from hftl.tasks import TASKS
 
-STRATEGIES = ("feature_extraction", "partial", "full", "lora")
-Strategy = Literal["feature_extraction", "partial", "full", "lora"]
-TowerStrategy = Literal["feature_extraction", "partial", "full"]
+Strategy = Literal[STRATEGIES]  # the engine's list (engine/freeze.py), spelled once
+TowerStrategy = Literal[TOWER_STRATEGIES]
 CacheMode = Literal["auto", "off", "memory", "disk"]
 ClipMode = Literal["contrastive", "zero_shot", "linear_probe"]
 BadImages = Literal["error", "skip"]

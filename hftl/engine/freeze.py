@@ -26,9 +26,14 @@ def pretraining_only(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in PRETRAINING_ONLY
 
 
+# feature_extraction: only the head trains; partial: the top groups and the head; full: everything;
+# lora: the backbone frozen here, adapters added later (engine/lora.py)
+STRATEGIES = ("feature_extraction", "partial", "full", "lora")
+
+
 @dataclass(frozen=True)
 class FreezePlan:
-    strategy: str  # feature_extraction | partial | full | lora (backbone frozen here; adapters added later)
+    strategy: str  # one of STRATEGIES
     unfrozen_groups: int = 0  # partial: top backbone groups that train
     patterns: tuple[str, ...] = ()  # extra regexes (re.search) over parameter names to freeze
     key: str = "unfrozen_groups"  # the recipe key that set unfrozen_groups, named when it is out of range

@@ -11,16 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hftl.engine.freeze import FreezePlan
+from hftl.engine.freeze import STRATEGIES, FreezePlan
 from hftl.engine.layers import LOGIT_SCALE, LayerGroup
 from hftl.engine.optim import group_lrs
 
 TOWER_NAMES = ("text", "vision")
+TOWER_STRATEGIES = tuple(s for s in STRATEGIES if s != "lora")  # adapters are planned for one tower only
 
 
 @dataclass(frozen=True)
 class TowerPlan:
-    strategy: str  # feature_extraction | partial | full
+    strategy: str  # one of TOWER_STRATEGIES
     unfrozen_groups: int
     learning_rate: float  # the tower's top block
     layer_decay: float

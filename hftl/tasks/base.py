@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from hftl.engine.freeze import FreezePlan
+from hftl.engine.freeze import STRATEGIES, FreezePlan
 from hftl.engine.optim import group_lrs
 from hftl.errors import HftlError
 
@@ -38,7 +38,7 @@ class Capabilities:
     compare: bool = False  # `hftl advise` measures it and `hftl sweep` compares its strategies
     zero_shot: bool = False  # zero-shot metrics before and after training; `hftl wise-ft`
     towers: tuple[str, ...] = ()  # dual encoders: a freeze plan and lrs per tower (`text_*`, `vision_*` keys)
-    strategies: tuple[str, ...] = ("feature_extraction", "partial", "full", "lora")
+    strategies: tuple[str, ...] = STRATEGIES
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl.engine.towers import TOWER_NAMES, TowerPlan, apply_tower_plans
+from hftl.engine.towers import TOWER_NAMES, TOWER_STRATEGIES, TowerPlan, apply_tower_plans
 from hftl.errors import HftlError
 from hftl.tasks import clip_inputs
 from hftl.tasks.base import Capabilities, Loaded, Task
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from hftl.config import RunConfig
 
 MAX_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100
-DUAL_STRATEGIES = ("feature_extraction", "partial", "full")
 TOWER_KEYS = ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")
 MODE_TEXT = {
     "contrastive": "contrastive image-text fine-tuning, a freeze plan per tower",
@@ -106,7 +105,7 @@ def tower_plans(config: RunConfig) -> dict[str, TowerPlan]:
 class Clip(Task):
     name = "clip"
     pipeline_task = "zero-shot-image-classification"
-    capabilities = Capabilities(zero_shot=True, towers=TOWER_NAMES, phases=False, strategies=DUAL_STRATEGIES)
+    capabilities = Capabilities(zero_shot=True, towers=TOWER_NAMES, phases=False, strategies=TOWER_STRATEGIES)
     # images and captions feed the transform: the Trainer must keep their columns
     required_training = {"remove_unused_columns": False}
 

@@ -222,6 +222,39 @@ def test_clip_recipe_plans(recipe, tiny_clip_and_images, tmp_path, capsys):
     assert (tmp_path / "plan" / "plan.md").is_file()
 
 
+def _test_embeddings(model_dir: Path, images: Path):
+    """(image embeddings, labels, the model, its processor) of images/test through the checkpoint's own forward."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    model, processor = AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+    files = sorted((images / "test").rglob("*.png"))
+    labels = torch.tensor([CLIP_CLASSES.index(f.parent.name) for f in files])
+    pixels = processor.image_processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        embeds = model(**processor.tokenizer(["a photo"], return_tensors="pt"), pixel_values=pixels).image_embeds
+    return embeds, labels, model, processor
+
+
+def _zero_shot_by_hand(model_dir: Path, images: Path, templates: list[str]) -> float:
+    """Zero-shot accuracy on images/test: each class is the renormalised mean of its prompts' text embeddings (each
+    prompt alone through the model's forward, no padding); each image takes the class nearest its embedding."""
+    import torch
+
+    embeds, labels, model, processor = _test_embeddings(model_dir, images)
+    classes = []
+    with torch.no_grad():
+        for name in CLIP_CLASSES:
+            texts = [processor.tokenizer([t.format(label=name)], return_tensors="pt") for t in templates]
+            mean = torch.stack([model(**text, pixel_values=torch.zeros(1, 3, 32, 32)).text_embeds[0] for text in texts]).mean(0)
+            classes.append(mean / mean.norm())
+    return float(((embeds @ torch.stack(classes).T).argmax(-1) == labels).float().mean())
+
+
+CLIP_CLASSES = ["blue", "green", "red"]
+
+
 @pytest.mark.parametrize("recipe", CLIP_RECIPES, ids=_rel)
 def test_clip_recipe_runs(recipe, tiny_clip_and_images, tmp_path):
     import json
@@ -231,14 +264,27 @@ def test_clip_recipe_runs(recipe, tiny_clip_and_images, tmp_path):
              "--logging_steps", "1"]
     assert main(["train", str(recipe), *_clip_overrides(tiny_clip_and_images, out), *small]) == 0
     results = json.loads((out / "all_results.json").read_text())
-    mode = yaml.safe_load(recipe.read_text())["clip_mode"]
+    values = yaml.safe_load(recipe.read_text())
+    mode, templates = values["clip_mode"], values["prompt_templates"]
+    model, images = tiny_clip_and_images
+    # each figure equals the same measurement made here through the checkpoint's own forward, on the 9 test images
     if mode == "zero_shot":
-        assert 0 <= results["zero_shot_test_accuracy"] <= 1 and not (out / "model.safetensors").exists()
+        assert not (out / "model.safetensors").exists()
+        assert results["zero_shot_test_accuracy"] == pytest.approx(_zero_shot_by_hand(model, images, templates))
     elif mode == "linear_probe":
-        assert 0 <= results["test_accuracy"] <= 1 and (out / "linear_probe.safetensors").is_file()
+        from safetensors.torch import load_file
+
+        assert (out / "linear_probe.safetensors").is_file()
+        probe = load_file(out / "linear_probe.safetensors")
+        embeds, labels, _, _ = _test_embeddings(model, images)  # the towers are the checkpoint's: they did not train
+        accuracy = float(((embeds @ probe["weight"].T + probe["bias"]).argmax(-1) == labels).float().mean())
+        assert results["test_accuracy"] == pytest.approx(accuracy)
+        assert results["zero_shot_test_accuracy"] == pytest.approx(_zero_shot_by_hand(model, images, templates))
     else:
-        assert 0 <= results["zero_shot_test_accuracy_after"] <= 1 and (out / "model.safetensors").is_file()
+        assert (out / "model.safetensors").is_file()
         assert list(out.glob("checkpoint-*"))  # save_strategy epoch
+        assert results["zero_shot_test_accuracy_before"] == pytest.approx(_zero_shot_by_hand(model, images, templates))
+        assert results["zero_shot_test_accuracy_after"] == pytest.approx(_zero_shot_by_hand(out, images, templates))
     assert (out / "README.md").is_file()
     assert (out / "hftl_config.yaml").read_text().startswith("# hftl train ")
 

@@ -84,7 +84,9 @@ def test_forgetting_report_measures_the_source_before_and_after(tiny_bert, senti
                               source_eval_samples=60)
         assert main(["train", str(recipe)]) == 0
         results[strategy] = json.loads((out / "all_results.json").read_text())
-        assert 0 <= results[strategy]["source_knn_accuracy_before"] <= 1
+        before = results[strategy]["source_knn_accuracy_before"]
+        assert before * 30 == pytest.approx(round(before * 30))  # a share of the 30 source test rows (the queries)
+        assert before >= 0.7  # chance is 0.5; mean-pooled embeddings of the sentiment words separate them even untrained
     frozen = results["feature_extraction"]
     assert frozen["source_knn_accuracy_after"] == frozen["source_knn_accuracy_before"]
     assert frozen["source_forgetting"] == 0

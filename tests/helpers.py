@@ -61,6 +61,16 @@ def launch(recipe: Path, cwd: Path, *extra: str, command: str = "train", check: 
     return result
 
 
+def launch_script(script: Path, cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 SCRIPT args` on CPU (gloo), like `launch`."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    argv = [str(bin_dir / "accelerate"), "launch", "--config_file", str(CPU_DDP_CONFIG), "--multi_gpu",
+            "--num_processes", "2", str(script), *args]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # ---------------------------------------------------------------- coloured images
 
 COLOURS = {"blue": (40, 50, 210), "green": (40, 190, 60), "red": (210, 40, 40)}

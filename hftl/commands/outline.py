@@ -37,6 +37,8 @@ class Run:
     assignment: dict[str, Assignment] = field(default_factory=dict)
     rows: list[PlanRow] = field(default_factory=list)  # the plan table: empty for a run that trains nothing
     phases: list[Phase] = field(default_factory=list)
+    plan: Any = None  # engine.transfer.TransferPlan: groups, freeze state, lrs (empty for a run that trains nothing)
+    phase_control: Any = None  # engine.phases.Phases: the callback that follows the phases
     extras: list[Extra] = field(default_factory=list)
     regularizer: Any = None  # forgetting.penalties L2SP/EWC (or their Sum): added to the task loss
     replay: Any = None  # forgetting.replay.Replay: a source-task loss added to the task loss

@@ -21,11 +21,10 @@ from hftl.commands.extras import extras_for
 from hftl.commands.outline import Inputs, Mode, Run
 from hftl.config import RunConfig, write_resolved
 from hftl.engine import preflight
-from hftl.engine.freeze import set_frozen_eval
 from hftl.engine.layers import layer_groups
-from hftl.engine.optim import assign
-from hftl.engine.phases import PhaseController, check_resume, describe, schedule, write_plan_record
-from hftl.engine.plan import plan_rows, text_table, write_plan
+from hftl.engine.phases import Phases, check_resume, describe, write_plan_record
+from hftl.engine.plan import text_table, write_plan
+from hftl.engine.transfer import TransferPlan
 from hftl.errors import HftlError
 from hftl.tasks import get_task
 
@@ -52,32 +51,33 @@ class TrainerMode(Mode):
 
             run.replay = Replay(config, task, run.loaded)
             run.replay.attach(run.model)  # a head like the target's: in the head group, trained at head_lr
-        groups = layer_groups(run.model)
-        state, lrs = task.apply_plan(config, groups)
-        if config.transfer.strategy == "lora":
-            groups = self._lora(config, task, run, groups)
-            state = {n: p.requires_grad for g in groups for n, p in g.params}
-        if not any(state.values()):
-            raise HftlError("The freeze plan leaves nothing to train: check `freeze` patterns (they are regexes searched "
-                            "in parameter names).")
-        trains = {g.name: any(p.requires_grad for _, p in g.params) for g in groups}
-        run.phases = schedule(groups, trains, config.transfer.head_warmup_epochs, config.transfer.unfreeze_every)
-        set_frozen_eval(run.model, config.transfer.eval_frozen)
-        run.groups, run.assignment = groups, assign(groups, lrs, config.training.weight_decay)
-        run.rows = plan_rows(groups, run.assignment)
+        t = config.transfer
+        plan = task.plan(config, run.model)  # the same TransferPlan a script of its own builds (hftl.TransferPlan)
+        plan.apply(eval_frozen=t.eval_frozen)
+        if t.strategy == "lora":
+            plan = self._lora(config, task, run, plan)
+        run.plan = plan
+        run.phase_control = Phases(plan, t.head_warmup_epochs, t.unfreeze_every, t.eval_frozen)
+        run.phases = run.phase_control.schedule
+        run.groups, run.assignment, run.rows = plan.groups, plan.assignment, plan.rows
         run.regularizer = _regularizer(config, run)  # reads and checks ewc_data: before any write
         run.extras = extras_for(config, run)  # a refused cache request is bad input: also before any write
         return run
 
     @staticmethod
-    def _lora(config: RunConfig, task, run: Run, groups):
+    def _lora(config: RunConfig, task, run: Run, plan: TransferPlan) -> TransferPlan:
+        """Adapters in the frozen backbone; each lands in its block's group and trains at that group's lr."""
         from hftl.engine import lora
 
         t = config.transfer
         spec = lora.LoraSpec(t.lora_r, t.lora_alpha, t.lora_dropout, tuple(t.lora_target_modules),
                              task.capabilities.lora_task_type)
-        run.loaded.model = lora.wrap(run.model, groups, spec)
-        return layer_groups(run.model.get_base_model())  # adapters land in their block's group
+        run.loaded.model = lora.wrap(run.model, plan.groups, spec)
+        groups = layer_groups(run.model.get_base_model())
+        wrapped = TransferPlan(groups, {n: p.requires_grad for g in groups for n, p in g.params}, plan.lrs,
+                               plan.weight_decay, run.model)
+        wrapped.apply(eval_frozen=t.eval_frozen)
+        return wrapped
 
     def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
         args = run.config.training
@@ -213,12 +213,12 @@ def _peak_memory(device) -> dict:
 
 
 def _regularizer(config: RunConfig, run: Run):
-    from hftl.forgetting.penalties import EWC, L2SP, Sum, embedding_fisher, trainable_backbone
+    from hftl.forgetting.penalties import EWC, L2SP, Sum, trainable_backbone
 
     t = config.transfer
     parts = []
     if t.l2_sp:
-        parts.append(L2SP(run.groups, t.l2_sp))
+        parts.append(L2SP(run.plan, t.l2_sp))
     if t.ewc:
         model = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
         params = trainable_backbone(run.groups)
@@ -227,10 +227,10 @@ def _regularizer(config: RunConfig, run: Run):
                             "or train more of the backbone.")
         batches = run.task.source_batches(config, run.loaded, t.ewc_data, t.ewc_samples)
         model.to(config.training.device)
-        fisher = embedding_fisher(model.base_model, params, batches, seed=config.training.seed)
-        print(f"hftl: EWC Fisher of {sum(f.numel() for f in fisher):,} weights estimated on up to {t.ewc_samples} "
+        ewc = EWC.estimate(run.plan, t.ewc, model.base_model, batches, seed=config.training.seed)
+        print(f"hftl: EWC Fisher of {sum(r.numel() for r in ewc.roots):,} weights estimated on up to {t.ewc_samples} "
               f"examples of {t.ewc_data}.")
-        parts.append(EWC(run.groups, t.ewc, fisher))
+        parts.append(ewc)
     return parts[0] if len(parts) == 1 else (Sum(parts) if parts else None)
 
 
@@ -238,7 +238,7 @@ def _trainer(run: Run, inputs: Inputs):
     from hftl.engine.trainer import TransferTrainer
 
     config, t = run.config, run.config.transfer
-    phases = PhaseController(run.model, run.groups, run.phases, t.eval_frozen) if len(run.phases) > 1 else None
+    phases = run.phase_control if len(run.phases) > 1 else None
     record = plan_record(config)
     trainer = TransferTrainer(
         model=run.model,

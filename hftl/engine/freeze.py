@@ -74,14 +74,18 @@ class FreezePlan:
             frozen |= hits
         return frozen
 
-    def apply(self, groups: list[LayerGroup]) -> dict[str, bool]:
-        """Set requires_grad on every parameter; return {parameter name: trains}."""
+    def state(self, groups: list[LayerGroup]) -> dict[str, bool]:
+        """{parameter name: trains}, from the groups alone; nothing is changed."""
         trains = self.group_trains(groups)
         frozen = self.frozen_by_pattern(groups)
-        state = {}
+        return {name: trains[group.name] and name not in frozen and not pretraining_only(name)
+                for group in groups for name, _ in group.params}
+
+    def apply(self, groups: list[LayerGroup]) -> dict[str, bool]:
+        """Set requires_grad on every parameter; return {parameter name: trains}."""
+        state = self.state(groups)
         for group in groups:
             for name, param in group.params:
-                state[name] = trains[group.name] and name not in frozen and not pretraining_only(name)
                 param.requires_grad_(state[name])
         return state
 

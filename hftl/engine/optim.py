@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hftl.engine.layers import LayerGroup, backbone_size
+from hftl.errors import HftlError
 
 # Parameters that are positions or special tokens, not weights to shrink toward zero.
 NO_DECAY_NAMES = frozenset(
@@ -82,10 +83,14 @@ def param_groups(model: nn.Module, assignment: dict[str, Assignment]) -> list[di
     """Optimizer groups for `model` (possibly wrapped); asserts every parameter lands in one group."""
     by_group: dict[str, dict] = {}
     seen = set()
+    unknown = [clean_name(n) for n, _ in model.named_parameters() if clean_name(n) not in assignment]
+    if unknown:
+        raise HftlError(
+            f"{len(unknown)} parameter(s) of `{type(model).__name__}` are not in the plan: {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}. Build the plan from this model (after adding any new module)."
+        )
     for raw_name, param in model.named_parameters():
         name = clean_name(raw_name)
-        if name not in assignment:
-            raise AssertionError(f"parameter {name} is in no layer group")
         if id(param) in seen:
             raise AssertionError(f"parameter {name} appears twice")
         seen.add(id(param))

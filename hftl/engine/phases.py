@@ -14,12 +14,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 from transformers import TrainerCallback
 
 from hftl.engine.freeze import set_frozen_eval
 from hftl.engine.layers import LayerGroup
+
+if TYPE_CHECKING:
+    from hftl.engine.transfer import TransferPlan
 from hftl.errors import HftlError
 
 PLAN_FILE = "hftl_plan.json"
@@ -69,40 +74,79 @@ def describe(phases: list[Phase]) -> list[str]:
     return lines
 
 
-class PhaseController(TrainerCallback):
-    """Keeps the active set in step with the epoch; the trainer asks it which gradients to keep."""
+class Phases(TrainerCallback):
+    """LP-FT and gradual unfreezing over a `TransferPlan`, for any training loop.
 
-    def __init__(self, model: nn.Module, groups: list[LayerGroup], phases: list[Phase], eval_frozen: bool):
-        self.model, self.groups, self.phases, self.eval_frozen = model, groups, phases, eval_frozen
+    As a `transformers.TrainerCallback` (any Trainer subclass) it follows the epoch by itself; in a
+    loop of your own call `on_epoch(epoch)` at each epoch start and `drop_inactive_grads()` after the
+    backward, before clipping and the optimizer step. Every parameter that trains in any phase has
+    `requires_grad=True` from step 0 (DDP and FSDP register it; the optimizer holds it); a group that
+    waits has its gradient zeroed as it arrives (so clipping and the all-reduce see nothing of it)
+    and dropped before the step (so AdamW neither moves it nor builds state for it)."""
+
+    def __init__(self, plan: TransferPlan, head_warmup_epochs: float = 0, unfreeze_every: float = 0,
+                 eval_frozen: bool = True):
+        self.plan, self.eval_frozen = plan, eval_frozen
+        self.model, self.groups = plan.model, plan.groups
+        self.schedule = schedule(self.groups, _group_trains(plan), head_warmup_epochs, unfreeze_every)
         self.current = -1
         self.next_start = 0.0  # epoch at which the phase can change next: the per-step check is one compare
         self.inactive: list[nn.Parameter] = []
+        self.history: list[dict] = []  # {epoch, phase, groups, new}: each phase as it was entered
+        self._waiting: set[int] = set()
+        self._hooks = [p.register_hook(self._zero_if_waiting(p)) for g in self.groups for n, p in g.params
+                       if plan.trains[n]] if len(self.schedule) > 1 else []
 
-    def enter(self, index: int) -> None:
+    def _zero_if_waiting(self, param: nn.Parameter):
+        key = id(param)
+        return lambda grad: torch.zeros_like(grad) if key in self._waiting else None
+
+    def enter(self, index: int, epoch: float = 0.0) -> None:
         if index == self.current:
             return
-        active = set(self.phases[index].groups)
+        active = set(self.schedule[index].groups)
         inactive_names = {n for g in self.groups if g.name not in active for n, _ in g.params}
-        self.inactive = [p for g in self.groups if g.name not in active for _, p in g.params if p.requires_grad]
-        set_frozen_eval(self.model, self.eval_frozen, frozen=inactive_names)
+        self.inactive = [p for g in self.groups if g.name not in active for n, p in g.params if self.plan.trains[n]]
+        self._waiting = {id(p) for p in self.inactive}
+        set_frozen_eval(self.model, self.eval_frozen, frozen=inactive_names | {n for n, t in self.plan.trains.items() if not t})
         if self.current >= 0 or index > 0:
-            print(f"hftl: {describe(self.phases)[index]}", flush=True)
+            print(f"hftl: {describe(self.schedule)[index]}", flush=True)
+        previous = set(self.schedule[self.current].groups) if self.current >= 0 else set()
+        self.history.append({"epoch": float(epoch), "phase": index, "groups": list(self.schedule[index].groups),
+                             "new": [g for g in self.schedule[index].groups if g not in previous]})
         self.current = index
-        self.next_start = self.phases[index + 1].start_epoch if index + 1 < len(self.phases) else float("inf")
+        self.next_start = self.schedule[index + 1].start_epoch if index + 1 < len(self.schedule) else float("inf")
+
+    def on_epoch(self, epoch: float) -> None:
+        """Enter the phase of `epoch` (fractions allowed), if it is not the current one."""
+        if self.current < 0 or epoch + 1e-9 >= self.next_start:
+            self.enter(phase_at(self.schedule, epoch), epoch)
 
     def drop_inactive_grads(self) -> None:
         for param in self.inactive:
             param.grad = None
 
+    def close(self) -> None:
+        """Remove the gradient hooks (training is over; the model is plain again)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._waiting = [], set()
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.enter(phase_at(self.phases, state.epoch or 0.0))
+        self.on_epoch(state.epoch or 0.0)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if (state.epoch or 0.0) + 1e-9 >= self.next_start:
-            self.enter(phase_at(self.phases, state.epoch or 0.0))
+        self.on_epoch(state.epoch or 0.0)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.drop_inactive_grads()  # also when max_grad_norm is 0 and no clipping ran
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+
+def _group_trains(plan: TransferPlan) -> dict[str, bool]:
+    return {g.name: any(plan.trains[n] for n, _ in g.params) for g in plan.groups}
 
 
 def write_plan_record(folder: str | Path, plan: dict, phases: list[Phase]) -> None:

@@ -28,7 +28,10 @@ class PlanRow:
         return f"partly ({self.trainable_params:,} trainable)"
 
 
-def plan_rows(groups: list[LayerGroup], assignment: dict[str, Assignment]) -> list[PlanRow]:
+def plan_rows(groups: list[LayerGroup], assignment: dict[str, Assignment],
+              trains: dict[str, bool] | None = None) -> list[PlanRow]:
+    """One row per group; `trains` ({parameter: trains}) where the plan is not applied yet, else requires_grad."""
+    trains = trains if trains is not None else {n: p.requires_grad for g in groups for n, p in g.params}
     rows = []
     for group in groups:
         decays = [assignment[n].weight_decay for n, _ in group.params]
@@ -36,7 +39,7 @@ def plan_rows(groups: list[LayerGroup], assignment: dict[str, Assignment]) -> li
             PlanRow(
                 group=group.name,
                 params=group.numel,
-                trainable_params=sum(p.numel() for _, p in group.params if p.requires_grad),
+                trainable_params=sum(p.numel() for n, p in group.params if trains[n]),
                 lr=assignment[group.params[0][0]].lr,
                 weight_decay=max(decays),
                 no_decay_tensors=sum(1 for n, _ in group.params if assignment[n].group.endswith("/no_decay")),
@@ -80,11 +83,12 @@ def write_plan(rows: list[PlanRow], output_dir: str | Path, title: str) -> list[
         writer.writerow(["group", "parameters", "trainable_parameters", "state", "lr", "weight_decay", "no_decay_tensors"])
         for r in rows:
             writer.writerow([r.group, r.params, r.trainable_params, r.status, r.lr, r.weight_decay, r.no_decay_tensors])
-    _chart(rows, out / "plan.png", title)
+    chart(rows, out / "plan.png", title)
     return [out / "plan.md", out / "plan.csv", out / "plan.png"]
 
 
-def _chart(rows: list[PlanRow], path: Path, title: str) -> None:
+def chart(rows: list[PlanRow], path: Path, title: str) -> None:
+    """lr per group (log scale), frozen groups grey and hatched."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters

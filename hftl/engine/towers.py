@@ -28,25 +28,28 @@ class TowerPlan:
     key: str = "unfrozen_groups"  # the recipe key that set unfrozen_groups, named when it is out of range
 
 
-def apply_tower_plans(groups: list[LayerGroup], plans: Mapping[str, TowerPlan], head_lr: float | None,
-                      logit_scale_lr: float, freeze: tuple[str, ...] = ()) -> tuple[dict[str, bool], dict[str, float]]:
-    """Set requires_grad per tower plan; return ({parameter: trains}, {group: lr})."""
+def tower_state(groups: list[LayerGroup], plans: Mapping[str, TowerPlan], head_lr: float | None,
+                logit_scale_lr: float, freeze: tuple[str, ...] = ()) -> tuple[dict[str, bool], dict[str, float]]:
+    """({parameter: trains}, {group: lr}) of the per-tower plans; nothing is changed."""
     state: dict[str, bool] = {}
     lrs: dict[str, float] = {}
     for tower, plan in plans.items():
         mine = [g for g in groups if g.tower == tower]
-        state.update(FreezePlan(plan.strategy, plan.unfrozen_groups, key=plan.key, scope=f"the {tower} tower").apply(mine))
+        state.update(FreezePlan(plan.strategy, plan.unfrozen_groups, key=plan.key, scope=f"the {tower} tower").state(mine))
         lrs.update(group_lrs(mine, plan.learning_rate, plan.layer_decay, head_lr))
     for group in groups:
-        if group.name == LOGIT_SCALE:
-            for name, param in group.params:
-                param.requires_grad_(True)
-                state[name] = True
+        if group.name == LOGIT_SCALE:  # the temperature trains, without weight decay, unless a pattern freezes it
+            state.update({name: True for name, _ in group.params})
             lrs[group.name] = logit_scale_lr
     frozen = FreezePlan("full", patterns=tuple(freeze)).frozen_by_pattern(groups)
+    return {name: trains and name not in frozen for name, trains in state.items()}, lrs
+
+
+def apply_tower_plans(groups: list[LayerGroup], plans: Mapping[str, TowerPlan], head_lr: float | None,
+                      logit_scale_lr: float, freeze: tuple[str, ...] = ()) -> tuple[dict[str, bool], dict[str, float]]:
+    """Set requires_grad per tower plan; return ({parameter: trains}, {group: lr})."""
+    state, lrs = tower_state(groups, plans, head_lr, logit_scale_lr, freeze)
     for group in groups:
         for name, param in group.params:
-            if name in frozen:
-                param.requires_grad_(False)
-                state[name] = False
+            param.requires_grad_(state[name])
     return state, lrs

@@ -39,7 +39,7 @@ class TransferTrainer(Trainer):
         self.write_card = write_card
         self.backbone_swap = backbone_swap  # features.BackboneSwap when training on cached features
         self.train_lengths: list[int] | None = None  # token counts of the examples behind cached features
-        self.phases = phases  # phases.PhaseController when the run has more than one phase
+        self.phases = phases  # phases.Phases when the run has more than one phase
         self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
         self.regularizer = regularizer  # regularize.L2SP or None: a penalty added to the task loss
         self.replay = replay  # replay.Replay or None: a source-task loss added to the task loss

@@ -4,6 +4,9 @@ L2-SP pulls the fine-tuned backbone toward its pre-trained weights instead of to
 alpha/2 * sum ||w - w0||^2 over backbone parameters that train (the new head has no
 pre-trained point; plain weight decay covers it). EWC weighs that distance per weight by a
 diagonal Fisher estimated on a given dataset.
+
+Both take a `TransferPlan` (or its layer groups) and are callables: `loss = penalty(loss)` adds the
+penalty to a loss in a training loop of your own; the Trainer path calls `penalty()`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ class L2SP:
     """alpha/2 * sum ||w - w0||^2 over the trainable backbone; with `weights` (EWC's Fisher), each squared
     distance is weighed: the penalty is the norm of sqrt(F) * (w - w0), one fused pass per step either way."""
 
-    def __init__(self, groups: list[LayerGroup], alpha: float, weights: list[torch.Tensor] | None = None):
+    def __init__(self, plan, alpha: float, weights: list[torch.Tensor] | None = None):
+        """`plan`: a TransferPlan (applied) or its layer groups; the snapshot taken now is the anchor."""
         self.alpha = alpha
-        self.params = trainable_backbone(groups)
+        self.params = trainable_backbone(getattr(plan, "groups", plan))
         self.anchors = [p.detach().clone() for p in self.params]  # the pre-trained point
         if weights is not None and len(weights) != len(self.params):
             raise ValueError("one weight tensor per trainable backbone parameter")
@@ -38,6 +42,11 @@ class L2SP:
         norms = torch._foreach_norm(diffs)
         return 0.5 * self.alpha * torch.stack([n.float() ** 2 for n in norms]).sum()
 
+    def __call__(self, loss: torch.Tensor | None = None) -> torch.Tensor:
+        """`loss + penalty` (the penalty alone without a loss)."""
+        penalty = self.penalty()
+        return penalty if loss is None else loss + penalty.to(loss.device, loss.dtype)
+
 
 class EWC(L2SP):
     """Elastic weight consolidation: lambda/2 * sum_i F_i (w_i - w*_i)^2 over trainable backbone weights.
@@ -51,8 +60,14 @@ class EWC(L2SP):
     `ewc: 1.0` weighs as much as `l2_sp: 1.0` on average, moved toward the weights that matter.
     """
 
-    def __init__(self, groups: list[LayerGroup], lam: float, fisher: list[torch.Tensor]):
-        super().__init__(groups, lam, weights=fisher)
+    def __init__(self, plan, lam: float, fisher: list[torch.Tensor]):
+        super().__init__(plan, lam, weights=fisher)
+
+    @classmethod
+    def estimate(cls, plan, lam: float, encoder, batches, seed: int = 0) -> EWC:
+        """EWC with the Fisher of `encoder`'s mean-pooled output (model.base_model) on `batches` (dicts of
+        model inputs, without labels), over the plan's trainable backbone weights."""
+        return cls(plan, lam, embedding_fisher(encoder, trainable_backbone(getattr(plan, "groups", plan)), batches, seed))
 
 
 def trainable_backbone(groups: list[LayerGroup]) -> list[torch.nn.Parameter]:

@@ -14,15 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from hftl.engine.freeze import STRATEGIES, FreezePlan
-from hftl.engine.optim import group_lrs
+from hftl.engine.freeze import STRATEGIES
+from hftl.engine.transfer import TransferPlan
 from hftl.errors import HftlError
 
 if TYPE_CHECKING:  # the recipe config is the task's input; tasks never import it at run time (no cycle)
     from datasets import DatasetDict
 
     from hftl.config import RunConfig
-    from hftl.engine.layers import LayerGroup
 
 
 @dataclass(frozen=True)
@@ -114,11 +113,12 @@ class Task:
 
     # ---------------------------------------------------------------- plan
 
-    def apply_plan(self, config: RunConfig, groups: list[LayerGroup]) -> tuple[dict[str, bool], dict[str, float]]:
-        """Set requires_grad by the recipe's freeze plan; return ({parameter: trains}, {group: lr})."""
+    def plan(self, config: RunConfig, model) -> TransferPlan:
+        """The recipe's transfer plan for `model` (not applied yet): one freeze plan and lr plan over its groups."""
         t = config.transfer
-        state = FreezePlan(t.strategy, t.unfrozen_groups, tuple(t.freeze)).apply(groups)
-        return state, group_lrs(groups, config.training.learning_rate, t.layer_decay, t.head_lr)
+        return TransferPlan.build(model, strategy=t.strategy, unfrozen_groups=t.unfrozen_groups,
+                                  learning_rate=config.training.learning_rate, layer_decay=t.layer_decay,
+                                  head_lr=t.head_lr, weight_decay=config.training.weight_decay, freeze=t.freeze)
 
     # ---------------------------------------------------------------- training and metrics
 

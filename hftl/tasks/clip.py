@@ -27,7 +27,8 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from hftl.engine.towers import TOWER_NAMES, TOWER_STRATEGIES, TowerPlan, apply_tower_plans
+from hftl.engine.towers import TOWER_NAMES, TOWER_STRATEGIES, TowerPlan
+from hftl.engine.transfer import TransferPlan
 from hftl.errors import HftlError
 from hftl.tasks import clip_inputs
 from hftl.tasks.base import Capabilities, Loaded, Task
@@ -167,9 +168,11 @@ class Clip(Task):
     def collator(self, loaded: Loaded):
         return clip_inputs.collator(loaded.processor)
 
-    def apply_plan(self, config: RunConfig, groups):
-        return apply_tower_plans(groups, tower_plans(config), config.transfer.head_lr, config.training.learning_rate,
-                                 tuple(config.transfer.freeze))
+    def plan(self, config: RunConfig, model) -> TransferPlan:
+        """A plan per tower; `logit_scale` at `learning_rate`, without weight decay."""
+        return TransferPlan.build(model, learning_rate=config.training.learning_rate, head_lr=config.transfer.head_lr,
+                                  weight_decay=config.training.weight_decay, freeze=config.transfer.freeze,
+                                  towers=tower_plans(config))
 
     def loss_fn(self, config: RunConfig):
         gather = config.transfer.gather_features

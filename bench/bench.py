@@ -121,7 +121,7 @@ def dynamic_vs_max_length(tmp: str, samples: int, repeats: int, max_length: int)
     ours_cfg = _config(tmp, *common)
     padded_cfg = _config(tmp, *common, "--train_sampling_strategy", "random")
     built = run.build(ours_cfg)
-    ours_data = built.task.encode(ours_cfg, built.raw, built.processor)["train"]
+    ours_data = built.task.encode(ours_cfg, built.raw, built.loaded)["train"]
     tokenizer = built.processor
     text = ours_cfg.data.text_column
     padded_data = built.raw["train"].map(
@@ -133,7 +133,7 @@ def dynamic_vs_max_length(tmp: str, samples: int, repeats: int, max_length: int)
     def side(cfg, data):
         def measure() -> float:
             trainer = TransferTrainer(model=built.model, args=cfg.training, train_dataset=data,
-                                      data_collator=built.task.collator(tokenizer), assignment=built.assignment)
+                                      data_collator=built.task.collator(built.loaded), assignment=built.assignment)
             result = trainer.train()
             return result.metrics["train_samples_per_second"]
 

@@ -5,8 +5,8 @@
 
 Every parameter is in the optimizer from step 0 and trains under DDP from the start: a group that
 is not unfrozen yet has its (all-reduced) gradient dropped before clipping and the step, so the
-ranks stay in step through every phase change. Each rank writes a fingerprint of its weights to
-`DIR/rank-N.json`: equal files mean equal replicas.
+ranks stay in step through every phase change. Each rank writes a fingerprint of its weights (after
+each epoch and at the end) to `DIR/rank-N.json`: equal files mean equal replicas.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 import hftl
 from tiny import sentiment, tiny_bert
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = Dataset.from_dict(sentiment(96)).map(lambda b: tokenizer(b["text"], truncation=True), batched=True)
     loader = DataLoader(data.remove_columns("text").rename_column("label", "labels"), batch_size=8, shuffle=True,
                         collate_fn=DataCollatorWithPadding(tokenizer), generator=torch.Generator().manual_seed(0))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 2, args.epochs * len(loader))  # scales every group alike
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    per_epoch = []
     for epoch in range(args.epochs):
         phases.on_epoch(epoch)  # enters the phase of this epoch (prints it when it changes)
         model.train()
@@ -62,12 +64,22 @@ def main(argv: list[str] | None = None) -> dict:
             phases.drop_inactive_grads()  # before clipping and the step
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad()
-    weights = {n: float(p.detach().double().sum()) for n, p in accelerator.unwrap_model(model).named_parameters()}
+        per_epoch.append(fingerprint(accelerator.unwrap_model(model)))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank-{accelerator.process_index}.json").write_text(json.dumps(
-        {"weights": weights, "phases": phases.history}, indent=1))
+        {"weights": per_epoch[-1], "per_epoch": per_epoch, "phases": phases.history}, indent=1))
     return {"plan": plan, "phases": phases, "model": accelerator.unwrap_model(model), "optimizer": optimizer}
+
+
+def fingerprint(model) -> dict[str, list[float]]:
+    """Per parameter: (sum, dot with a fixed cosine sequence) in float64; equal weights give equal values."""
+    out = {}
+    for name, param in model.named_parameters():
+        flat = param.detach().double().flatten().cpu()
+        out[name] = [float(flat.sum()), float((flat * torch.cos(torch.arange(flat.numel(), dtype=torch.float64))).sum())]
+    return out
 
 
 if __name__ == "__main__":

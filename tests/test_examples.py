@@ -61,10 +61,18 @@ def test_accelerate_example_unfreezes_one_group_per_epoch(tmp_path):
     out = accelerate_loop.main(["--out", str(tmp_path), "--epochs", "4"])
     history = [(h["epoch"], h["new"]) for h in out["phases"].history]
     assert history == [(0.0, ["head"]), (1.0, ["layer.1"]), (2.0, ["layer.0"]), (3.0, ["embeddings"])]
-    lrs = _group_lrs(out["optimizer"])
-    assert lrs["embeddings"][0] == pytest.approx(1e-3 * 0.8**2) and lrs["head"][0] == pytest.approx(1e-2)
+    lrs = _group_lrs(out["optimizer"])  # planned initial lrs, scaled alike by the scheduler
+    assert lrs["embeddings"][1] == pytest.approx(1e-3 * 0.8**2) and lrs["head"][1] == pytest.approx(1e-2)
+    assert len({round(now / initial, 9) for now, initial in lrs.values()}) == 1
     record = json.loads((tmp_path / "rank-0.json").read_text())
     assert record["phases"] == out["phases"].history
+    # a group does not move before its epoch: embeddings wait until epoch 3, block 0 until epoch 2
+    start = {n: v for n, v in record["per_epoch"][0].items() if n.startswith(("bert.embeddings.", "bert.encoder.layer.0."))}
+    for epoch in (1,):  # after epochs 0 and 1 both still wait
+        assert {n: record["per_epoch"][epoch][n] for n in start} == start
+    moved = lambda prefix, a, b: any(record["per_epoch"][a][n] != record["per_epoch"][b][n] for n in start if n.startswith(prefix))  # noqa: E731
+    assert moved("bert.encoder.layer.0.", 1, 2) and not moved("bert.embeddings.", 1, 2)
+    assert moved("bert.embeddings.", 2, 3)
 
 
 @pytest.mark.slow
@@ -74,8 +82,9 @@ def test_accelerate_example_keeps_two_ranks_equal(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / "out" / f"rank-{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["phases"] == ranks[1]["phases"] and len(ranks[0]["phases"]) == 4
-    for name, value in ranks[0]["weights"].items():
-        assert math.isclose(value, ranks[1]["weights"][name], rel_tol=0, abs_tol=1e-9), name
+    for epoch, (mine, theirs) in enumerate(zip(ranks[0]["per_epoch"], ranks[1]["per_epoch"])):  # every phase
+        for name, value in mine.items():
+            assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9) for a, b in zip(value, theirs[name])), (epoch, name)
 
 
 def test_resnet_example_trains_layer4_and_the_head_and_keeps_frozen_batchnorm_statistics():

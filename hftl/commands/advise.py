@@ -1,4 +1,4 @@
-"""`hftl advise`: measure what the decision guide asks about, apply it (guide.py), write a recipe.
+"""`hftl advise`: measure what the decision guide asks about, apply it (advice/guide.py), write a recipe.
 
 Nothing trains. The data and the checkpoint load as `hftl train` would load them; probe.py
 measures the frozen features, the tokenizer and the MLM head on a stratified sample; the report

@@ -34,6 +34,9 @@ class ZeroShotMode(Mode):
         loaded.model.to(config.training.device).eval()
         return Run(config, task, raw, loaded, resume)
 
+    def metric_names(self, run: Run) -> list[str] | None:
+        return None  # nothing trains, no best model to keep
+
     def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
         return run.task.zero_shot_metrics(run.config, run.loaded, inputs.datasets, splits=("validation", "test"))
 
@@ -52,6 +55,9 @@ class ZeroShotMode(Mode):
 class LinearProbeMode(ZeroShotMode):
     """A linear classifier on cached, normalised image embeddings, initialised from the zero-shot class
     embeddings; the zero-shot accuracy before it comes from the same cached embeddings."""
+
+    def metric_names(self, run: Run) -> list[str] | None:
+        return ["accuracy", "loss", "f1_macro"]
 
     def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
         from hftl.engine.trainer import TransferTrainer

@@ -90,5 +90,9 @@ class Mode:
     def fit(self, run: Run, inputs: Inputs, callbacks: list) -> dict:
         raise NotImplementedError
 
+    def metric_names(self, run: Run) -> list[str] | None:
+        """Metrics `metric_for_best_model` may name (without `eval_`); None: the mode keeps no best model."""
+        return [run.task.best_metric(run.labels), "loss", *run.task.metric_names(run.labels)]
+
     def save(self, run: Run, metrics: dict) -> None:
         raise NotImplementedError

@@ -21,7 +21,6 @@ from hftl.commands.extras import extras_for
 from hftl.commands.outline import Inputs, Mode, Run
 from hftl.config import RunConfig, write_resolved
 from hftl.engine import preflight
-from hftl.engine.layers import layer_groups
 from hftl.engine.phases import Phases, check_resume, describe, write_plan_record
 from hftl.engine.plan import text_table, write_plan
 from hftl.engine.transfer import TransferPlan
@@ -41,8 +40,9 @@ def plan_record(config: RunConfig) -> dict:
 class TrainerMode(Mode):
     """Fine-tuning through TransferTrainer: the plan, the phases, the penalties, the saved model."""
 
-    def build(self, config: RunConfig, task, resume: str | None = None) -> Run:
-        """Data, model and plan, with every input check done; writes nothing."""
+    def build(self, config: RunConfig, task, resume: str | None = None, training: bool = True) -> Run:
+        """Data, model and plan, with every input check done; writes nothing. `training=False` (`hftl plan`)
+        stops at the plan: no EWC Fisher, no feature cache decision."""
         raw, labels = task.load_data(config)
         set_seed(config.training.seed)  # the new head's initialisation is part of the run
         run = Run(config, task, raw, task.build_model(config, labels), resume)
@@ -60,6 +60,8 @@ class TrainerMode(Mode):
         run.phase_control = Phases(plan, t.head_warmup_epochs, t.unfreeze_every, t.eval_frozen)
         run.phases = run.phase_control.schedule
         run.groups, run.assignment, run.rows = plan.groups, plan.assignment, plan.rows
+        if not training:
+            return run
         run.regularizer = _regularizer(config, run)  # reads and checks ewc_data: before any write
         run.extras = extras_for(config, run)  # a refused cache request is bad input: also before any write
         return run
@@ -73,9 +75,7 @@ class TrainerMode(Mode):
         spec = lora.LoraSpec(t.lora_r, t.lora_alpha, t.lora_dropout, tuple(t.lora_target_modules),
                              task.capabilities.lora_task_type)
         run.loaded.model = lora.wrap(run.model, plan.groups, spec)
-        groups = layer_groups(run.model.get_base_model())
-        wrapped = TransferPlan(groups, {n: p.requires_grad for g in groups for n, p in g.params}, plan.lrs,
-                               plan.weight_decay, run.model)
+        wrapped = plan.with_adapters(run.model)
         wrapped.apply(eval_frozen=t.eval_frozen)
         return wrapped
 
@@ -120,7 +120,7 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     _reset_peak_memory(config.training.device)
     run = mode.build(config, task, resume)
     run.command = command
-    _check_best_metric(run)
+    _check_best_metric(run, mode.metric_names(run))
     inputs = Inputs(task.encode(config, run.raw, run.loaded), task.collator(run.loaded))
     if run.main_process:
         _write_run_files(run)
@@ -141,7 +141,7 @@ def build(config: RunConfig) -> Run:
 
 
 def plan(config: RunConfig) -> Run:
-    run = build(config)
+    run = TrainerMode().build(config, get_task(config.transfer.task), training=False)
     print(text_table(run.rows))
     if len(run.phases) > 1:
         print("\n".join(describe(run.phases)))
@@ -168,11 +168,10 @@ def _preflight(config: RunConfig) -> str | None:
     return resume
 
 
-def _check_best_metric(run: Run) -> None:
+def _check_best_metric(run: Run, valid: list[str] | None) -> None:
     name = run.config.training.metric_for_best_model
-    if not name:
+    if not name or valid is None:
         return
-    valid = [run.task.best_metric(run.labels), "loss", *run.task.metric_names(run.labels)]
     if name.removeprefix("eval_") not in valid:
         raise HftlError(
             f"metric_for_best_model `{name}` is not a metric of this task. Choose one of: {', '.join(dict.fromkeys(valid))}."

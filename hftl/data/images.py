@@ -6,7 +6,7 @@ folder), a parquet file or saved DatasetDict with an Image column, or a Hub data
 column becomes `datasets.Image(decode=False)`, so hftl decodes each image itself: a file that
 cannot be read is named in the error instead of failing deep inside a DataLoader worker.
 
-Turning them into model inputs is hftl/preprocess.py.
+Turning them into model inputs is data/preprocess.py.
 """
 
 from __future__ import annotations

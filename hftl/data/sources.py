@@ -160,12 +160,15 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
     return raw
 
 
+def other_data(data: DataArgs, name: str) -> DataArgs:
+    """Settings to read another data set `name` with: the recipe's columns and split seed, every other
+    data key at its default (the recipe's own files, subsets, splits and image root are not its)."""
+    return type(data)(dataset=name, text_column=data.text_column, image_column=data.image_column,
+                      split_seed=data.split_seed)
+
+
 def sample_of(data: DataArgs, name: str, samples: int, read_folder=None):
     """Up to `samples` shuffled training rows of another data set `name`, read with the recipe's columns
     (EWC's Fisher data): the recipe's own files, subsets and image root do not apply to it."""
-    import dataclasses
-
-    other = dataclasses.replace(data, dataset=name, dataset_config=None, train_file=None, validation_file=None,
-                                test_file=None, max_train_samples=None, max_eval_samples=None, image_root=None)
-    train = load_splits(other, read_folder=read_folder)["train"]
+    train = load_splits(other_data(data, name), read_folder=read_folder)["train"]
     return train.shuffle(seed=0).select(range(min(samples, len(train))))

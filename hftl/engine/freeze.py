@@ -44,7 +44,8 @@ class FreezePlan:
         if self.strategy == "partial" and not 0 <= self.unfrozen_groups <= n:
             raise HftlError(
                 f"{self.key}={self.unfrozen_groups} is out of range: {self.scope} has {n} backbone groups "
-                f"(embeddings and {n - 1} blocks). Use a value from 0 (head only) to {n} (everything)."
+                f"({', '.join(g.name for g in groups if not g.is_head)}). Use a value from 0 (head only) to {n} "
+                "(everything)."
             )
         trains = {}
         for index, group in enumerate(groups):

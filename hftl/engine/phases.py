@@ -123,6 +123,7 @@ class Phases(TrainerCallback):
             self.enter(phase_at(self.schedule, epoch), epoch)
 
     def drop_inactive_grads(self) -> None:
+        """Drop the gradients of groups that wait: call it after the backward, before clipping and the step."""
         for param in self.inactive:
             param.grad = None
 

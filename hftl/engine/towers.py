@@ -21,6 +21,9 @@ TOWER_STRATEGIES = tuple(s for s in STRATEGIES if s != "lora")  # adapters are p
 
 @dataclass(frozen=True)
 class TowerPlan:
+    """One tower's plan, as a single encoder's: its strategy, how many top groups a partial plan trains,
+    the lr of its top block and the decay per group below it."""
+
     strategy: str  # one of TOWER_STRATEGIES
     unfrozen_groups: int
     learning_rate: float  # the tower's top block

@@ -41,7 +41,7 @@ class TransferTrainer(Trainer):
         self.train_lengths: list[int] | None = None  # token counts of the examples behind cached features
         self.phases = phases  # phases.Phases when the run has more than one phase
         self.plan_record = plan_record  # writes the freeze plan into each checkpoint, for resume checks
-        self.regularizer = regularizer  # regularize.L2SP or None: a penalty added to the task loss
+        self.regularizer = regularizer  # forgetting.penalties L2SP, EWC or their Sum: a penalty added to the loss
         self.replay = replay  # replay.Replay or None: a source-task loss added to the task loss
         self.loss_fn = loss_fn  # a task's own loss (CLIP's contrastive loss), else the model's
         super().__init__(*args, **kwargs)

@@ -10,6 +10,7 @@ are in the optimizer too, so a later phase unfreezes them without a new optimize
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from hftl.engine.freeze import FreezePlan, set_frozen_eval
+from hftl.engine.freeze import STRATEGIES, FreezePlan, set_frozen_eval
 from hftl.engine.layers import HEAD, LayerGroup, is_dual_encoder, layer_groups
 from hftl.engine.optim import Assignment, assign, clean_name, group_lrs, param_groups
 from hftl.engine.plan import PlanRow, chart, plan_rows, text_table
@@ -31,8 +32,8 @@ GroupRule = Mapping[str, "str | Sequence[str]"] | Callable[[str], "str | None"]
 class TransferPlan:
     """Which layer groups train and at which lr, for the parameters of one model.
 
-    `trains` and `lrs` are per group; `frozen` holds parameters a `freeze` pattern (or a
-    pre-training-only rule) freezes inside a group that trains."""
+    `trains` is per parameter (a `freeze` pattern or a pre-training-only rule can freeze one inside a
+    group that trains), `lrs` per group; `assignment` maps each parameter to its optimizer group."""
 
     groups: list[LayerGroup]
     trains: dict[str, bool]  # parameter name -> trains
@@ -40,6 +41,7 @@ class TransferPlan:
     weight_decay: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)  # the model the plan was built from
     assignment: dict[str, Assignment] = field(init=False)
+    rule: GroupRule | None = field(default=None, init=False, repr=False)  # a user's `groups=` rule, kept for adapters
 
     def __post_init__(self) -> None:
         self.assignment = assign(self.groups, self.lrs, self.weight_decay)
@@ -47,8 +49,8 @@ class TransferPlan:
     # ---------------------------------------------------------------- building
 
     @classmethod
-    def build(cls, model: nn.Module, strategy: str = "full", unfrozen_groups: int = 2, learning_rate: float = 1e-4,
-              layer_decay: float = 1.0, head_lr: float | None = None, weight_decay: float = 0.0,
+    def build(cls, model: nn.Module, strategy: str = "full", unfrozen_groups: int = 2, learning_rate: float = 5e-5,
+              layer_decay: float = 0.9, head_lr: float | None = None, weight_decay: float = 0.0,
               freeze: Sequence[str] = (), groups: GroupRule | None = None,
               towers: Mapping[str, TowerPlan] | None = None) -> TransferPlan:
         """The plan for `model`; nothing is changed until `apply`.
@@ -59,7 +61,9 @@ class TransferPlan:
         above; the head gets `head_lr` (default `learning_rate`). `freeze`: regexes over parameter names
         frozen on top of the strategy. `groups`: your rule for a model hftl cannot group itself, a mapping
         {group name: regex or regexes} from the input side to the head (name the last one `head`), or a
-        callable from parameter name to group name. `towers`: per-tower plans for a dual encoder."""
+        callable from parameter name to group name. `towers`: per-tower plans for a dual encoder. The
+        defaults are the recipe keys' (and TrainingArguments' learning_rate)."""
+        check_values(strategy, learning_rate, layer_decay, head_lr)
         found = rule_groups(model, groups) if groups is not None else _known_groups(model)
         if towers is not None or is_dual_encoder(model) and groups is None:
             plans = towers or {t: TowerPlan(strategy, unfrozen_groups, learning_rate, layer_decay) for t in TOWER_NAMES}
@@ -67,7 +71,19 @@ class TransferPlan:
         else:
             trains = FreezePlan(strategy, unfrozen_groups, tuple(freeze)).state(found)
             lrs = group_lrs(found, learning_rate, layer_decay, head_lr)
-        return cls(found, trains, lrs, weight_decay, model)
+        plan = cls(found, trains, lrs, weight_decay, model)
+        plan.rule = groups
+        return plan
+
+    def with_adapters(self, peft_model: nn.Module) -> TransferPlan:
+        """The plan for `peft_model` (this plan's model with LoRA adapters from peft): each adapter lands in its
+        block's group and trains at that group's lr; what trains is what peft left trainable."""
+        base = peft_model.get_base_model()
+        groups = rule_groups(base, self.rule) if self.rule is not None else layer_groups(base)
+        trains = {n: p.requires_grad for g in groups for n, p in g.params}
+        plan = TransferPlan(groups, trains, self.lrs, self.weight_decay, peft_model)
+        plan.rule = self.rule
+        return plan
 
     # ---------------------------------------------------------------- using
 
@@ -124,6 +140,19 @@ class TransferPlan:
                 f"in the plan ({', '.join(extra[:3]) or 'none'}). Build the plan from this model."
             )
         return model
+
+
+def check_values(strategy: str, learning_rate: float, layer_decay: float, head_lr: float | None) -> None:
+    """The plan's numbers and names, checked before anything is built from them."""
+    if strategy not in STRATEGIES:
+        near = difflib.get_close_matches(str(strategy), STRATEGIES, n=1)
+        hint = f" Did you mean `{near[0]}`?" if near else ""
+        raise HftlError(f"Unknown strategy `{strategy}`.{hint} Choose one of: {', '.join(STRATEGIES)}.")
+    if layer_decay <= 0:
+        raise HftlError(f"layer_decay must be > 0 (got {layer_decay}); 1.0 means no decay.")
+    for name, value in (("learning_rate", learning_rate), ("head_lr", head_lr)):
+        if value is not None and value < 0:
+            raise HftlError(f"{name} must be >= 0 (got {value}): a negative lr climbs the loss.")
 
 
 def _known_groups(model: nn.Module) -> list[LayerGroup]:

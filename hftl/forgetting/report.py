@@ -8,13 +8,12 @@ fine-tuned encoder that kept its general features scores as before; one that for
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hftl.data.sources import load_splits
+from hftl.data.sources import load_splits, other_data
 from hftl.engine.pooling import mean_pooled
 from hftl.errors import HftlError
 
@@ -47,9 +46,7 @@ def _embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int,
 def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     """k-NN accuracy of the encoder's embeddings on `source_eval` (train split as memory, test as queries)."""
     name, n = config.transfer.source_eval, config.transfer.source_eval_samples
-    source = dataclasses.replace(config.data, dataset=name, dataset_config=None, train_file=None, validation_file=None,
-                                 test_file=None, max_train_samples=None, max_eval_samples=None)
-    data = load_splits(source)
+    data = load_splits(other_data(config.data, name))
     if "text" not in data["train"].column_names or "label" not in data["train"].column_names:
         raise HftlError(f"source_eval `{name}` needs `text` and `label` columns (it has {data['train'].column_names}).")
     memory = data["train"].shuffle(seed=0).select(range(min(n, len(data["train"]))))

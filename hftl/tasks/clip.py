@@ -130,6 +130,11 @@ class Clip(Task):
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
         t = config.transfer  # clip_mode and the tower strategies are checked against their allowed values already
+        if t.clip_mode == "linear_probe":
+            for key, needed in (("prediction_loss_only", False), ("label_names", ["labels"])):
+                if key in config.user_keys and getattr(config.training, key) != needed:
+                    raise HftlError(f"clip_mode linear_probe needs `{key}: {str(needed).lower()}` to score its "
+                                    f"classifier; the recipe sets `{getattr(config.training, key)}`. Drop `{key}`.")
         if t.clip_mode != "contrastive" and config.data.augment and "augment" in config.user_keys:
             raise HftlError(f"clip_mode {t.clip_mode} embeds each image once, so it cannot augment: drop `augment: true`.")
         for tower in TOWER_NAMES:

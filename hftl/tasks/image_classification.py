@@ -10,7 +10,6 @@ classifier as the head.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +18,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftl.data import images
 from hftl.data.preprocess import Preprocess, set_image_size
-from hftl.data.sources import load_splits, sample_of
+from hftl.data.sources import load_splits, other_data, sample_of
 from hftl.errors import HftlError, first_line
 from hftl.tasks import checkpoints
 from hftl.tasks.base import Capabilities, Loaded
@@ -90,7 +89,7 @@ class ImageClassification(ClassificationTask):
         """Preprocessed like eval images; every image checked here, decoded batch by batch as they are consumed."""
         data = config.data
         train = sample_of(data, name, samples, read_folder=images.read_folder)
-        other = dataclasses.replace(data, dataset=name, train_file=None, image_root=None)  # paths relative to `name`
+        other = other_data(data, name)  # relative image paths start at `name`'s folder
         train = images.prepare_column(DatasetDict(train=train), other, images.base_dir(other))
         train = images.check_images(train, data.image_column, data.bad_images)["train"]
         values = train[data.image_column]

@@ -141,3 +141,37 @@ def test_penalties_are_callables_over_a_plan():
 
     ewc = hftl.EWC.estimate(plan, 1.0, Encoder(model), batches)
     assert len(ewc.roots) == len(ewc.params) and float(ewc().detach()) == 0.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"strategy": "ful"}, "Unknown strategy `ful`. Did you mean `full`?"),
+    ({"layer_decay": -1.0}, "layer_decay must be > 0"),
+    ({"learning_rate": -1e-4}, "learning_rate must be >= 0"),
+    ({"head_lr": -1e-3}, "head_lr must be >= 0"),
+    ({"strategy": "partial", "unfrozen_groups": 5}, r"unfrozen_groups=5 is out of range: this model has 2 backbone groups \(stem, block\)"),
+])
+def test_bad_plan_values_are_refused_before_anything_is_built(kwargs, message):
+    with pytest.raises(HftlError, match=message):
+        TransferPlan.build(Net(), groups=RULE, **kwargs)
+
+
+def test_lora_adapters_join_their_blocks_groups(tiny_bert):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    plan = TransferPlan.build(model, strategy="lora", learning_rate=1e-3, layer_decay=0.5, head_lr=1e-2)
+    plan.apply()
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"],
+                                                  modules_to_save=["classifier"]))
+    with pytest.raises(HftlError, match="built for another model"):
+        plan.optimizer(torch.optim.AdamW, model=peft_model)  # the adapters are new parameters
+    adapted = plan.with_adapters(peft_model)
+    optimizer = adapted.optimizer(torch.optim.AdamW)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_A" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    for name, param in lora.items():  # block 1 is the top block: 1e-3; block 0 one below: 5e-4
+        assert lr_of[id(param)] == pytest.approx(1e-3 if ".layer.1." in name else 5e-4), name
+    trains = {n for n, t in adapted.trains.items() if t}
+    assert not any(n.startswith("bert.embeddings.") for n in trains)

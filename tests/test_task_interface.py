@@ -79,3 +79,9 @@ def test_the_config_is_not_changed_after_loading(tmp_path):
     again = load_config(str(tmp_path / "resolved.yaml"))
     for part in ("model", "data", "transfer"):
         assert getattr(again, part) == getattr(config, part)
+
+
+@pytest.mark.parametrize("key, value", [("prediction_loss_only", True), ("label_names", ["label"])])
+def test_the_linear_probe_refuses_settings_that_would_hide_its_accuracy(key, value, tmp_path):
+    with pytest.raises(HftlError, match=f"clip_mode linear_probe needs `{key}"):
+        load_config(_recipe(tmp_path, task="clip", clip_mode="linear_probe", **{key: value}))

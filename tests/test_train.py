@@ -210,6 +210,14 @@ def test_multi_label(tiny_bert, tmp_path):
         assert f"{split}_f1_micro" in results and f"{split}_subset_accuracy" in results
         assert f"{split}_accuracy" not in results
     assert results["test_f1_micro"] >= 0.9 and results["test_subset_accuracy"] >= 0.8, results
+    # multi-label pictures: a per-label table and F1 chart instead of a confusion matrix
+    assert (out / "per_label_f1.png").stat().st_size > 5_000 and not (out / "confusion_matrix.png").exists()
+    with open(out / "per_class.csv") as f:
+        per_label = {r["class"]: r for r in csv.DictReader(f)}
+    test_rows = _multi_label_rows(60, 2)
+    for name in ("loud", "neg", "pos"):
+        assert int(per_label[name]["support"]) == sum(name in r["label"].split(";") for r in test_rows)
+    assert "![F1 per label on the test split](per_label_f1.png)" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet"])

@@ -42,6 +42,9 @@ class Run:
     extras: list[Extra] = field(default_factory=list)
     regularizer: Any = None  # forgetting.penalties L2SP/EWC (or their Sum): added to the task loss
     replay: Any = None  # forgetting.replay.Replay: a source-task loss added to the task loss
+    report: dict | None = None  # per-class precision/recall/F1 (and confusion matrix) on `report_split`
+    report_split: str | None = None
+    pictures: list[str] = field(default_factory=list)  # files beside the model that the card shows
 
     @property
     def model(self):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import EarlyStoppingCallback, set_seed
 
-from hftl.commands import card, clip_eval
+from hftl.commands import card, clip_eval, outputs
 from hftl.commands.extras import extras_for
 from hftl.commands.outline import Inputs, Mode, Run
 from hftl.config import RunConfig, write_resolved
@@ -87,8 +87,17 @@ class TrainerMode(Mode):
         result = trainer.train(resume_from_checkpoint=run.resume)
         trainer.replica_check(args.output_dir)
         metrics = dict(result.metrics)
+        report_on = outputs.held_out(inputs.datasets) if trainer.compute_metrics is not None else None
         for split, prefix in (("validation", "eval"), ("test", "test")):
-            if split in inputs.datasets:
+            if split not in inputs.datasets:
+                continue
+            if report_on == (split, prefix):  # the held-out split: predictions too, for the per-class report
+                predicted = trainer.predict(inputs.datasets[split], metric_key_prefix=prefix)
+                metrics.update(predicted.metrics)
+                run.report = outputs.class_report(predicted.predictions, predicted.label_ids, run.labels.names,
+                                                  run.labels.multi_label)
+                run.report_split = split
+            else:
                 metrics.update(trainer.evaluate(inputs.datasets[split], metric_key_prefix=prefix))
         return metrics
 
@@ -104,6 +113,10 @@ class TrainerMode(Mode):
         trainer.save_metrics("all", metrics, combined=False)
         trainer.save_state()
         if run.main_process:
+            curves = outputs.write_curves(args.output_dir, trainer.state.log_history)
+            run.pictures = [curves] if curves else []
+            if run.report is not None:
+                run.pictures += outputs.write_class_report(args.output_dir, run.report, run.labels.names, run.report_split)
             card.write(args.output_dir, card.render(run, metrics))
             print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
         if args.push_to_hub:

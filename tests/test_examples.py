@@ -34,7 +34,7 @@ def test_trainer_example_freezes_plans_lrs_and_warms_the_head_up(tmp_path):
                 LrRecorder.seen = _group_lrs(optimizer)
 
     out = trainer_phases.main(["--out", str(tmp_path), "--epochs", "3"], callbacks=[LrRecorder()])
-    plan, phases, trainer, model = out["plan"], out["phases"], out["trainer"], out["model"]
+    plan, phases, model = out["plan"], out["phases"], out["model"]
     from transformers import AutoModelForSequenceClassification
 
     start = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny-bert", num_labels=2)

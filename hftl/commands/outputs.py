@@ -60,7 +60,7 @@ def write_curves(folder: str | Path, log_history: list[dict]) -> str | None:
     for ax in (left, right):
         for step in epochs:
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-        if ax.lines:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Training curves (dotted lines: epoch ends)")
     fig.tight_layout()

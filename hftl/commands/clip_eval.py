@@ -18,9 +18,7 @@ from torch import nn
 from hftl import metrics as metric_modules
 from hftl.commands import card
 from hftl.commands.outline import Inputs, Mode, Run
-from hftl.engine.layers import LayerGroup
-from hftl.engine.optim import assign
-from hftl.engine.plan import plan_rows
+from hftl.engine.transfer import TransferPlan
 from hftl.tasks.zero_shot import class_embeddings, image_embeddings
 
 
@@ -76,13 +74,11 @@ class LinearProbeMode(ZeroShotMode):
         predicted = (held["features"] @ classes.T).argmax(-1)
         metrics = {f"zero_shot_{split}_accuracy": float((predicted == held["labels"]).float().mean())}
         self.probe = probe = LinearProbe(classes, float(model.logit_scale.exp().clamp(max=clip.MAX_SCALE)))
-        head = LayerGroup("head", list(probe.named_parameters()))
         lr = config.transfer.head_lr if config.transfer.head_lr is not None else args.learning_rate
-        assignment = assign([head], {"head": lr}, args.weight_decay)
-        run.rows = plan_rows([head], assignment)
+        run.plan = TransferPlan.build(probe, groups={"head": "."}, head_lr=lr, weight_decay=args.weight_decay)
         self.trainer = trainer = TransferTrainer(
             model=probe, args=args, train_dataset=features["train"], eval_dataset=features.get("validation"),
-            compute_metrics=probe_metrics(), assignment=assignment, callbacks=callbacks or None,
+            compute_metrics=probe_metrics(), assignment=run.plan.assignment, callbacks=callbacks or None,
         )
         trainer.train(resume_from_checkpoint=run.resume)
         for split, prefix in (("validation", "eval"), ("test", "test")):

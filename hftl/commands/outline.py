@@ -33,18 +33,32 @@ class Run:
     loaded: Loaded
     resume: str | None = None  # the checkpoint folder this run continues
     command: str = ""  # the command that reproduces it, for the model card (tokens redacted)
-    groups: list[LayerGroup] = field(default_factory=list)
-    assignment: dict[str, Assignment] = field(default_factory=dict)
-    rows: list[PlanRow] = field(default_factory=list)  # the plan table: empty for a run that trains nothing
-    phases: list[Phase] = field(default_factory=list)
-    plan: Any = None  # engine.transfer.TransferPlan: groups, freeze state, lrs (empty for a run that trains nothing)
-    phase_control: Any = None  # engine.phases.Phases: the callback that follows the phases
+    plan: Any = None  # engine.transfer.TransferPlan: groups, freeze state, lrs; None for a run that trains nothing
+    phase_control: Any = None  # engine.phases.Phases: the phase schedule and the callback that follows it
     extras: list[Extra] = field(default_factory=list)
     regularizer: Any = None  # forgetting.penalties L2SP/EWC (or their Sum): added to the task loss
     replay: Any = None  # forgetting.replay.Replay: a source-task loss added to the task loss
     report: dict | None = None  # per-class precision/recall/F1 (and confusion matrix) on `report_split`
     report_split: str | None = None
     pictures: list[str] = field(default_factory=list)  # files beside the model that the card shows
+
+    # derived from the plan and the phases, never stored twice
+    @property
+    def groups(self) -> list[LayerGroup]:
+        return self.plan.groups if self.plan is not None else []
+
+    @property
+    def assignment(self) -> dict[str, Assignment]:
+        return self.plan.assignment if self.plan is not None else {}
+
+    @property
+    def rows(self) -> list[PlanRow]:
+        """The plan table: empty for a run that trains nothing."""
+        return self.plan.rows if self.plan is not None else []
+
+    @property
+    def phases(self) -> list[Phase]:
+        return self.phase_control.schedule if self.phase_control is not None else []
 
     @property
     def model(self):

@@ -58,8 +58,6 @@ class TrainerMode(Mode):
             plan = self._lora(config, task, run, plan)
         run.plan = plan
         run.phase_control = Phases(plan, t.head_warmup_epochs, t.unfreeze_every, t.eval_frozen)
-        run.phases = run.phase_control.schedule
-        run.groups, run.assignment, run.rows = plan.groups, plan.assignment, plan.rows
         if not training:
             return run
         run.regularizer = _regularizer(config, run)  # reads and checks ewc_data: before any write

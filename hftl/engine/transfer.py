@@ -40,8 +40,8 @@ class TransferPlan:
     lrs: dict[str, float]  # group name -> lr
     weight_decay: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)  # the model the plan was built from
+    rule: GroupRule | None = field(default=None, repr=False)  # a user's `groups=` rule, kept for adapters
     assignment: dict[str, Assignment] = field(init=False)
-    rule: GroupRule | None = field(default=None, init=False, repr=False)  # a user's `groups=` rule, kept for adapters
 
     def __post_init__(self) -> None:
         self.assignment = assign(self.groups, self.lrs, self.weight_decay)
@@ -71,9 +71,7 @@ class TransferPlan:
         else:
             trains = FreezePlan(strategy, unfrozen_groups, tuple(freeze)).state(found)
             lrs = group_lrs(found, learning_rate, layer_decay, head_lr)
-        plan = cls(found, trains, lrs, weight_decay, model)
-        plan.rule = groups
-        return plan
+        return cls(found, trains, lrs, weight_decay, model, groups)
 
     def with_adapters(self, peft_model: nn.Module) -> TransferPlan:
         """The plan for `peft_model` (this plan's model with LoRA adapters from peft): each adapter lands in its
@@ -81,9 +79,7 @@ class TransferPlan:
         base = peft_model.get_base_model()
         groups = rule_groups(base, self.rule) if self.rule is not None else layer_groups(base)
         trains = {n: p.requires_grad for g in groups for n, p in g.params}
-        plan = TransferPlan(groups, trains, self.lrs, self.weight_decay, peft_model)
-        plan.rule = self.rule
-        return plan
+        return TransferPlan(groups, trains, self.lrs, self.weight_decay, peft_model, self.rule)
 
     # ---------------------------------------------------------------- using
 

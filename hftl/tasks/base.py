@@ -58,24 +58,33 @@ class Task:
     name: ClassVar[str] = ""
     pipeline_task: ClassVar[str] = ""  # the `transformers.pipeline` task the saved folder serves
     capabilities: ClassVar[Capabilities] = Capabilities()
-    training_defaults: ClassVar[dict[str, Any]] = {}  # TrainingArguments values this task needs; a user's own win
+    training_defaults: ClassVar[dict[str, Any]] = {}  # TrainingArguments defaults of this task; a user's own win
     cache_input: ClassVar[str] = "inputs_embeds"  # where cached features enter the model's forward
     required_training: ClassVar[dict[str, Any]] = {}  # TrainingArguments values the task cannot work without
 
     # ---------------------------------------------------------------- recipe
 
     def defaults(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Defaults for any recipe key, from the keys the user gave (applied before validation)."""
-        return dict(self.training_defaults)
+        """Defaults for any recipe key, from the keys the user gave (applied before validation); what the
+        task requires is also its default."""
+        return {**self.training_defaults, **self.required_training}
 
     def validate(self, config: RunConfig) -> None:
         """Rules only this task knows; the generic ones (capabilities, ranges) run in config.validate."""
-        for key, needed in self.required_training.items():
+        for key, needed in self.required(config).items():
             if key in config.user_keys and getattr(config.training, key) != needed:
                 raise HftlError(
-                    f"task {self.name} needs `{key}: {str(needed).lower()}` ({self.why_required(key)}); the recipe sets "
-                    f"`{getattr(config.training, key)}`. Drop `{key}`."
+                    f"{self.who(config)} needs `{key}: {str(needed).lower()}` ({self.why_required(key)}); the recipe "
+                    f"sets `{getattr(config.training, key)}`. Drop `{key}`."
                 )
+
+    def required(self, config: RunConfig) -> dict[str, Any]:
+        """TrainingArguments values this run cannot work without: a user's other value is an error."""
+        return dict(self.required_training)
+
+    def who(self, config: RunConfig) -> str:
+        """How `validate`'s errors name what needs a setting."""
+        return f"task {self.name}"
 
     def why_required(self, key: str) -> str:
         return "the task's inputs depend on it"

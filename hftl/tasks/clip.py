@@ -110,18 +110,30 @@ class Clip(Task):
     # images and captions feed the transform: the Trainer must keep their columns
     required_training = {"remove_unused_columns": False}
 
+    LINEAR_PROBE_NEEDS = {"prediction_loss_only": False, "label_names": ["labels"]}  # to score its classifier
+
+    def required(self, config: RunConfig) -> dict:
+        probe = self.LINEAR_PROBE_NEEDS if config.transfer.clip_mode == "linear_probe" else {}
+        return {**super().required(config), **probe}
+
+    def who(self, config: RunConfig) -> str:
+        mode = config.transfer.clip_mode
+        return "task clip" if mode == "contrastive" else f"clip_mode {mode}"
+
     def why_required(self, key: str) -> str:
+        if key in self.LINEAR_PROBE_NEEDS:
+            return "the linear probe is scored by its accuracy on the labels"
         return "images and captions are turned into model inputs on the fly from their columns"
 
     def defaults(self, given: dict) -> dict:
-        out = dict(self.required_training)
+        out = super().defaults(given)
         if given.get("clip_mode", "contrastive") == "contrastive":
             # the evaluation loss is the contrastive loss; zero-shot accuracy is measured separately, on every image.
             # Gathered batches match across ranks without dropping the last one: even_batches completes it.
             out["prediction_loss_only"] = True
         else:
             out["augment"] = False  # each image is embedded once
-            out.update(prediction_loss_only=False, label_names=["labels"])  # the linear probe's accuracy
+            out.update(self.LINEAR_PROBE_NEEDS)  # the linear probe's accuracy
         return out
 
     def mode(self, config: RunConfig) -> str:
@@ -130,11 +142,6 @@ class Clip(Task):
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
         t = config.transfer  # clip_mode and the tower strategies are checked against their allowed values already
-        if t.clip_mode == "linear_probe":
-            for key, needed in (("prediction_loss_only", False), ("label_names", ["labels"])):
-                if key in config.user_keys and getattr(config.training, key) != needed:
-                    raise HftlError(f"clip_mode linear_probe needs `{key}: {str(needed).lower()}` to score its "
-                                    f"classifier; the recipe sets `{getattr(config.training, key)}`. Drop `{key}`.")
         if t.clip_mode != "contrastive" and config.data.augment and "augment" in config.user_keys:
             raise HftlError(f"clip_mode {t.clip_mode} embeds each image once, so it cannot augment: drop `augment: true`.")
         for tower in TOWER_NAMES:

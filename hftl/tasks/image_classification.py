@@ -36,8 +36,7 @@ class ImageClassification(ClassificationTask):
     capabilities = Capabilities(cached_features=True, source_batches=True, replay=True, compare=True)
     # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name:
     # the Trainer must keep that column
-    training_defaults = {"remove_unused_columns": False}
-    required_training = training_defaults
+    required_training = {"remove_unused_columns": False}
     cache_input = "pixel_values"  # cached features go where the images went; the swapped-in embeddings pass them on
 
     def why_required(self, key: str) -> str:

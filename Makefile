@@ -46,8 +46,10 @@ advise: $(STAMP)
 sweep: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl sweep recipes/demo/text-classification.yaml --resume $(EXTRA)
 
+JOBS ?= 2# pytest workers (pytest-xdist); tests run one torch thread each, so one worker per core
+
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q
+	$(OFFLINE) $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 demo-forgetting: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl train recipes/demo/forgetting.yaml --overwrite_output_dir true
@@ -63,7 +65,7 @@ readme-keys: $(STAMP)
 	$(BIN)/python -c "from hftl.config import sync_readme; print('README key table', 'rewritten' if sync_readme('README.md') else 'up to date')"
 
 test-fast: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"
+	$(OFFLINE) $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

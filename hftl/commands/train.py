@@ -11,8 +11,6 @@ Order matters for "nothing already written is lost": every check that can fail o
 from __future__ import annotations
 
 import json
-import re
-import sys
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, set_seed
@@ -21,7 +19,7 @@ from hftl.commands import card, clip_eval, outputs
 from hftl.commands.extras import extras_for
 from hftl.commands.outline import Inputs, Mode, Run
 from hftl.config import RunConfig, write_resolved
-from hftl.engine import checkpoint_files, preflight, run_folder
+from hftl.engine import preflight, run_folder
 from hftl.engine.phases import Phases, check_resume, describe, write_plan_record
 from hftl.engine.plan import text_table, write_plan
 from hftl.engine.transfer import TransferPlan
@@ -151,16 +149,20 @@ def train(config: RunConfig, command: str, callbacks: list | None = None) -> dic
     try:
         return _train(config, command, callbacks)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted. {_how_to_continue(config, command)}") from None
+        raise Interrupted(f"interrupted. {_continue(config, command)}") from None
     except SaveFailed as err:
-        raise HftlError(f"{err} {_how_to_continue(config, command, FREE_SPACE)}") from None
+        raise HftlError(f"{err} {_continue(config, command, FREE_SPACE)}") from None
+
+
+def _continue(config: RunConfig, command: str, first: str = "") -> str:
+    return run_folder.how_to_continue(config.training.output_dir, command or f"hftl train {config.recipe_path}", first)
 
 
 def _train(config: RunConfig, command: str, callbacks: list | None) -> dict:
     task = get_task(config.transfer.task)
     mode = MODES[task.mode(config)]()
     resume, action = _preflight(config)
-    _reset_peak_memory(config.training.device)
+    outputs.reset_peak_memory(config.training.device)
     run = mode.build(config, task, resume)
     run.command = command
     _check_best_metric(run, mode.metric_names(run))
@@ -173,24 +175,12 @@ def _train(config: RunConfig, command: str, callbacks: list | None) -> dict:
     for extra in reversed(run.extras):
         extra.after(run, inputs, metrics)
     trainable = sum(row.trainable_params for row in run.rows)  # the plan's count: adapters and heads included
-    metrics.update(trainable_params=trainable, **_peak_memory(config.training.device))
+    metrics.update(trainable_params=trainable, **outputs.peak_memory(config.training.device))
     mode.save(run, metrics)
     if run.main_process:
         run_folder.finish(config.training.output_dir)
     mode.publish(run)
     return metrics
-
-
-def _how_to_continue(config: RunConfig, command: str, first: str = "") -> str:
-    """The last complete checkpoint and the command that continues from it (without one: the rerun)."""
-    out = config.training.output_dir
-    last = checkpoint_files.newest_complete(out, say=lambda line: None)
-    again = command or f"hftl train {config.recipe_path}"
-    if last is None:
-        return (f"No checkpoint was saved in {out}, so there is nothing to resume: {first}rerun `{again}` (set "
-                "save_strategy to keep checkpoints).")
-    again = re.sub(r"\s--resume_from_checkpoint(?:=|\s+)\S+", "", again) + " --resume_from_checkpoint true"
-    return f"The last checkpoint, {last}, is kept: {first}continue with `{again}`."
 
 
 def build(config: RunConfig) -> Run:
@@ -257,26 +247,6 @@ def _write_run_files(run: Run, action: str) -> None:
             print("\n".join(describe(run.phases)))
         write_plan(run.rows, out, _title(run.config))
     write_resolved(run.config, Path(out) / "hftl_config.yaml")
-
-
-def _reset_peak_memory(device) -> None:
-    """A process that trains more than once (an in-process sweep) reports each run's own GPU peak."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory(device) -> dict:
-    """Peak memory of this process: what torch allocated on the GPU, or the resident set size on CPU."""
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-    unit = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}
 
 
 def _regularizer(config: RunConfig, run: Run):

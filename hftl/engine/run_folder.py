@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,17 @@ def _write_marker(out: Path, status: str) -> None:
     temporary = out / (MARKER + ".tmp")
     temporary.write_text(json.dumps(record, indent=1) + "\n")
     temporary.replace(out / MARKER)  # whole or not at all: a kill mid-write never leaves half a marker
+
+
+def how_to_continue(output_dir: str, command: str, first: str = "") -> str:
+    """For a run that stopped: its last complete checkpoint and the command that continues from it (or,
+    with none, the rerun). `first` is what to do before that (free some space, ...)."""
+    last = checkpoint_files.newest_complete(output_dir, say=lambda line: None)
+    if last is None:
+        return (f"No checkpoint was saved in {output_dir}, so there is nothing to resume: {first}rerun `{command}` "
+                "(set save_strategy to keep checkpoints).")
+    again = re.sub(r"\s--resume_from_checkpoint(?:=|\s+)\S+", "", command) + " --resume_from_checkpoint true"
+    return f"The last checkpoint, {last}, is kept: {first}continue with `{again}`."
 
 
 def plan_may_write(output_dir: str) -> bool:

@@ -14,9 +14,6 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Callable
 import pytest
 
 from conftest import write_csv, write_recipe
-from helpers import REPO, cli_error, snapshot, write_folder
+from helpers import cli_error, snapshot, write_folder
 
 from hftl.cli import main
 from hftl.engine import checkpoint_files, run_folder
@@ -127,6 +124,12 @@ def hub_reachable(ctx: Ctx, whoami: Callable = lambda: {"name": "me"}) -> None:
     ctx.mp.setattr(huggingface_hub, "whoami", whoami)
 
 
+def _offline(ctx: Ctx) -> None:
+    from huggingface_hub import constants
+
+    ctx.mp.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def _raise(err: Exception):
     def fail(*args, **kwargs):
         raise err
@@ -194,7 +197,8 @@ CASES = {
         "cannot be created"),
     "output_dir read-only": Case("traceback", lambda c: ["train", c.recipe(output_dir=str(_read_only(c)))],
                                  "is not writable"),
-    "push_to_hub offline": Case("traceback", lambda c: ["train", c.recipe(), "--push_to_hub", "true"], "HF_HUB_OFFLINE"),
+    "push_to_hub offline": Case("traceback", lambda c: (
+        _offline(c), ["train", c.recipe(), "--push_to_hub", "true"])[1], "HF_HUB_OFFLINE"),
     "push_to_hub unreachable": Case("traceback", lambda c: (
         hub_reachable(c, _raise(ConnectionError("connection refused"))),
         ["train", c.recipe(), "--push_to_hub", "true"])[1], "cannot reach the Hub"),
@@ -332,7 +336,7 @@ def test_a_failed_run_does_not_block_its_corrected_rerun(shared, tmp_path, monke
     assert "could not create the Hub repo" in message and "403 Forbidden" in message
     assert run_folder.inspect(ctx.out).kind == "unfinished" and (ctx.out / "plan.md").is_file()
     assert main(["train", recipe]) == 0  # the corrected rerun: no flag needed
-    assert "the earlier run there stopped before its first checkpoint" in _stdout_of(capsys)
+    assert f"hftl: reusing {ctx.out}: the run there stopped before its first complete checkpoint." in _stdout_of(capsys)
     assert run_folder.inspect(ctx.out).kind == "finished" and (ctx.out / "model.safetensors").is_file()
 
 
@@ -421,26 +425,24 @@ def test_lifted_limits_paths_and_pickles(shared, tmp_path, monkeypatch, capsys):
     assert "hftl: loading pickle weights pytorch_model.bin" in capsys.readouterr().out
 
 
-def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(shared, tmp_path):
-    """SIGINT to a real training process once its first checkpoint is whole: exit 130, one line, no traceback."""
-    out = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(shared["bert"]), train_file=str(shared["csv"]),
-                          output_dir=str(out), max_steps=100_000, save_strategy="steps", save_steps=2,
-                          save_total_limit=2, logging_steps=1000)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "hftl", "train", str(recipe)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while checkpoint_files.newest_complete(out, say=lambda line: None) is None and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr + stdout and "KeyboardInterrupt" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"hftl: interrupted. The last checkpoint, {out}/checkpoint-"), last
-    assert last.endswith(f"continue with `hftl train {recipe} --resume_from_checkpoint true`."), last
-    named = Path(last.split("The last checkpoint, ")[1].split(", is kept")[0])
-    assert checkpoint_files.problem(named) is None
-    assert run_folder.inspect(out).kind == "unfinished"  # the rerun without resume is told to resume
+def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(shared, tmp_path, monkeypatch, capsys):
+    """A real SIGINT to this process right after checkpoint-2 is written: exit 130, one line, no traceback."""
+    from hftl.engine.trainer import TransferTrainer
+
+    save = TransferTrainer._save_checkpoint
+
+    def save_then_ctrl_c(self, model, trial):
+        save(self, model, trial)
+        os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here, as for a Ctrl-C in a terminal
+
+    monkeypatch.setattr(TransferTrainer, "_save_checkpoint", save_then_ctrl_c)
+    ctx = Ctx(tmp_path, monkeypatch, shared)
+    recipe = ctx.recipe(max_steps=1000, save_strategy="steps", save_steps=2)
+    assert main(["train", recipe]) == 130
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out and "KeyboardInterrupt" not in printed.err
+    assert printed.err.strip().splitlines()[-1] == (
+        f"hftl: interrupted. The last checkpoint, {ctx.out / 'checkpoint-2'}, is kept: continue with "
+        f"`hftl train {recipe} --resume_from_checkpoint true`.")
+    assert checkpoint_files.problem(ctx.out / "checkpoint-2") is None
+    assert run_folder.inspect(ctx.out).kind == "unfinished"  # a rerun without resume is told to resume

@@ -11,6 +11,7 @@ Order matters for "nothing already written is lost": every check that can fail o
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, set_seed
@@ -81,7 +82,11 @@ class TrainerMode(Mode):
         self.trainer = trainer = _trainer(run, inputs)
         for callback in callbacks:
             trainer.add_callback(callback)
-        result = trainer.train(resume_from_checkpoint=run.resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=run.resume)
+        except pickle.UnpicklingError:  # checked before the run (engine/checkpoint_files.py), changed since
+            raise HftlError(f"A file of checkpoint `{run.resume}` holds Python objects torch's safe loader refuses: "
+                            "hftl will not load it. Resume from another checkpoint, or start a fresh run.") from None
         trainer.replica_check(args.output_dir)
         metrics = dict(result.metrics)
         report_on = outputs.held_out(inputs.datasets) if trainer.compute_metrics is not None else None

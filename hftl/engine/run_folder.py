@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hftl import __version__
 from hftl.engine import checkpoint_files
 from hftl.errors import HftlError
 
@@ -124,9 +123,11 @@ def claim(output_dir: str, action: str) -> None:
         old = checkpoint_files.checkpoints(out)
         for folder in old:
             shutil.rmtree(folder)
-        why = "overwrite_output_dir" if action == "overwrite" else "the earlier run there stopped before its first checkpoint"
         removed = f"; removed its {len(old)} checkpoint(s) ({', '.join(f.name for f in old[::-1])})" if old else ""
-        print(f"hftl: writing over the earlier run in {out} ({why}){removed}.")
+        if action == "overwrite":
+            print(f"hftl: overwrite_output_dir: writing over the earlier run in {out}{removed}.")
+        else:
+            print(f"hftl: reusing {out}: the run there stopped before its first complete checkpoint{removed}.")
     _write_marker(out, "running")
 
 
@@ -136,7 +137,7 @@ def finish(output_dir: str) -> None:
 
 
 def _write_marker(out: Path, status: str) -> None:
-    record = {"status": status, "hftl": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
     temporary = out / (MARKER + ".tmp")
     temporary.write_text(json.dumps(record, indent=1) + "\n")
     temporary.replace(out / MARKER)  # whole or not at all: a kill mid-write never leaves half a marker

@@ -1,7 +1,8 @@
 """Command line: `hftl train|plan|advise|sweep|wise-ft RECIPE.yaml [--key value ...]`.
 
 Bad input (HftlError) prints one paragraph and exits with code 2, without a traceback; the same
-under `accelerate launch -m hftl`, where each rank would otherwise print a stack.
+under `accelerate launch -m hftl`, where each rank would otherwise print a stack. Ctrl-C prints one
+line (the last checkpoint and the command that resumes it) and exits with 130.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 
 from hftl import __version__
-from hftl.errors import HftlError
+from hftl.errors import HftlError, Interrupted
 
 USAGE = """hftl train RECIPE.yaml [--key value ...]   fine-tune (writes plan, model, metrics, model card)
        hftl plan  RECIPE.yaml [--key value ...]   build the model and print its layer-group plan
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except HftlError as err:
         print(f"hftl: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"hftl: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # outside a training run (loading a recipe, advise, a sweep between its runs)
+        print(f"hftl: {args.command} interrupted.", file=sys.stderr)
+        return Interrupted.exit_code
 
 
 def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:

@@ -133,17 +133,3 @@ def test_reproduce_command_names_the_launcher_under_distributed(monkeypatch):
     command = reproduce_command("r.yaml", ["--hub_token", "hf_secret", "--seed", "1"])
     assert command.startswith("accelerate launch --num_processes 2 -m hftl train r.yaml")
     assert "hf_secret" not in command and "--seed 1" in command
-
-
-def test_resume_true_skips_a_checkpoint_left_half_written(tmp_path, capsys):
-    from hftl.engine.preflight import last_complete_checkpoint as _last_complete_checkpoint
-
-    done = tmp_path / "checkpoint-10"
-    done.mkdir()
-    for name in ("model.safetensors", "trainer_state.json", "rng_state.pth"):
-        (done / name).write_bytes(b"x")
-    half = tmp_path / "checkpoint-20"
-    half.mkdir()
-    (half / "model.safetensors").write_bytes(b"x")  # killed before trainer_state.json and the RNG state
-    assert _last_complete_checkpoint(str(tmp_path)) == str(done)
-    assert "skipping checkpoint-20: incomplete" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 the `Mode` that fits and saves, and the optional `Extra`s around the fit.
 
     preflight -> mode.build -> inputs -> run files -> extras.before -> mode.fit -> extras.after -> mode.save
+        -> finished -> mode.publish
 
 A mode is the Trainer (commands/train.py) or a task's own evaluation (commands/clip_eval.py); an
 extra is a feature with a half before the fit and a half after it (commands/extras.py).
@@ -113,3 +114,6 @@ class Mode:
 
     def save(self, run: Run, metrics: dict) -> None:
         raise NotImplementedError
+
+    def publish(self, run: Run) -> None:
+        """After the run's folder is finished: an upload (push_to_hub); a mode that pushes nothing does nothing."""

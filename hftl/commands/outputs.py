@@ -1,11 +1,13 @@
 """The pictures and tables a run leaves beside its model: training curves, and for classification the
 per-class precision/recall/F1 (`per_class.csv`) with a confusion matrix (single-label) or a per-label F1
 chart (multi-label), all on the held-out split (test, else validation). The model card shows them.
+Also the run's peak memory, one of its metrics.
 """
 
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,23 @@ def class_table(rows: list[dict]) -> str:
     lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
               for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def reset_peak_memory(device) -> None:
+    """A process that trains more than once (an in-process sweep) reports each run's own GPU peak."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> dict:
+    """Peak memory of this process: what torch allocated on the GPU, or the resident set size on CPU."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    unit = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}

@@ -11,7 +11,7 @@ Order matters for "nothing already written is lost": every check that can fail o
 from __future__ import annotations
 
 import json
-import sys
+import pickle
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, set_seed
@@ -20,11 +20,11 @@ from hftl.commands import card, clip_eval, outputs
 from hftl.commands.extras import extras_for
 from hftl.commands.outline import Inputs, Mode, Run
 from hftl.config import RunConfig, write_resolved
-from hftl.engine import preflight
+from hftl.engine import preflight, run_folder
 from hftl.engine.phases import Phases, check_resume, describe, write_plan_record
 from hftl.engine.plan import text_table, write_plan
 from hftl.engine.transfer import TransferPlan
-from hftl.errors import HftlError
+from hftl.errors import HftlError, Interrupted, SaveFailed, first_line
 from hftl.tasks import get_task
 
 
@@ -82,7 +82,11 @@ class TrainerMode(Mode):
         self.trainer = trainer = _trainer(run, inputs)
         for callback in callbacks:
             trainer.add_callback(callback)
-        result = trainer.train(resume_from_checkpoint=run.resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=run.resume)
+        except pickle.UnpicklingError:  # checked before the run (engine/checkpoint_files.py), changed since
+            raise HftlError(f"A file of checkpoint `{run.resume}` holds Python objects torch's safe loader refuses: "
+                            "hftl will not load it. Resume from another checkpoint, or start a fresh run.") from None
         trainer.replica_check(args.output_dir)
         metrics = dict(result.metrics)
         report_on = outputs.held_out(inputs.datasets) if trainer.compute_metrics is not None else None
@@ -100,9 +104,17 @@ class TrainerMode(Mode):
         return metrics
 
     def save(self, run: Run, metrics: dict) -> None:
+        try:
+            self._save(run, metrics)
+        except OSError as err:  # a full disk at the final save: the checkpoints written before it stay
+            reason = err.strerror or str(err)
+            raise SaveFailed(f"The final save into {run.config.training.output_dir} failed: {reason}"
+                             f"{f' ({err.filename})' if err.filename else ''}.") from None
+
+    def _save(self, run: Run, metrics: dict) -> None:
         config, trainer = run.config, self.trainer
         args = config.training
-        trainer.save_model()
+        trainer.save_model(_internal_call=True)  # no push from here: `publish` pushes once, card and metrics written
         if config.transfer.strategy == "lora" and run.main_process:
             from hftl.engine import lora
 
@@ -117,32 +129,62 @@ class TrainerMode(Mode):
                 run.pictures += outputs.write_class_report(args.output_dir, run.report, run.labels.names, run.report_split)
             card.write(args.output_dir, card.render(run, metrics))
             print(f"hftl: model, plan, metrics and model card written to {args.output_dir}")
-        if args.push_to_hub:
-            trainer.push_to_hub()
+
+    def publish(self, run: Run) -> None:
+        """After the run is finished on disk: a failed upload loses nothing, and says how to push later."""
+        args = run.config.training
+        if not args.push_to_hub:
+            return
+        try:
+            self.trainer.push_to_hub()
+        except Exception as err:  # network, auth, quota: huggingface_hub raises several types
+            repo = getattr(self.trainer, "hub_model_id", None) or args.hub_model_id or "REPO_ID"
+            raise HftlError(
+                f"The run is complete in {args.output_dir} (model, card, metrics), but pushing it to the Hub failed: "
+                f"{first_line(err)}. Push it later with `hf upload {repo} {args.output_dir}`."
+            ) from None
 
 
+FREE_SPACE = "free some space (or point output_dir at a larger disk), then "
 MODES = {"trainer": TrainerMode, "zero_shot": clip_eval.ZeroShotMode, "linear_probe": clip_eval.LinearProbeMode}
 
 
 def train(config: RunConfig, command: str, callbacks: list | None = None) -> dict:
+    """One run; Ctrl-C and a failed save end with the last complete checkpoint and the command that resumes it."""
+    try:
+        return _train(config, command, callbacks)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted. {_continue(config, command)}") from None
+    except SaveFailed as err:
+        raise HftlError(f"{err} {_continue(config, command, FREE_SPACE)}") from None
+
+
+def _continue(config: RunConfig, command: str, first: str = "") -> str:
+    return run_folder.how_to_continue(config.training.output_dir, command or f"hftl train {config.recipe_path}", first)
+
+
+def _train(config: RunConfig, command: str, callbacks: list | None) -> dict:
     task = get_task(config.transfer.task)
     mode = MODES[task.mode(config)]()
-    resume = _preflight(config)
-    _reset_peak_memory(config.training.device)
+    resume, action = _preflight(config)
+    outputs.reset_peak_memory(config.training.device)
     run = mode.build(config, task, resume)
     run.command = command
     _check_best_metric(run, mode.metric_names(run))
     inputs = Inputs(task.encode(config, run.raw, run.loaded), task.collator(run.loaded))
     if run.main_process:
-        _write_run_files(run)
+        _write_run_files(run, action)
     for extra in run.extras:
         extra.before(run, inputs)
     metrics = mode.fit(run, inputs, callbacks or [])
     for extra in reversed(run.extras):
         extra.after(run, inputs, metrics)
     trainable = sum(row.trainable_params for row in run.rows)  # the plan's count: adapters and heads included
-    metrics.update(trainable_params=trainable, **_peak_memory(config.training.device))
+    metrics.update(trainable_params=trainable, **outputs.peak_memory(config.training.device))
     mode.save(run, metrics)
+    if run.main_process:
+        run_folder.finish(config.training.output_dir)
+    mode.publish(run)
     return metrics
 
 
@@ -152,11 +194,18 @@ def build(config: RunConfig) -> Run:
 
 
 def plan(config: RunConfig) -> Run:
+    """Print the plan; write its files only where they replace no run's own (engine/run_folder.py)."""
+    out = config.training.output_dir
+    run_folder.check_writable(out)
     run = TrainerMode().build(config, get_task(config.transfer.task), training=False)
     print(text_table(run.rows))
     if len(run.phases) > 1:
         print("\n".join(describe(run.phases)))
-    paths = write_plan(run.rows, config.training.output_dir, _title(config))
+    if not run_folder.plan_may_write(out):
+        print(f"hftl: plan files not written: {out} holds a run, whose plan.md describes that run. Pass "
+              "`--output_dir DIR` to write this plan's files elsewhere.")
+        return run
+    paths = write_plan(run.rows, out, _title(config))
     print(f"hftl: plan written to {', '.join(str(p) for p in paths)}")
     return run
 
@@ -166,17 +215,19 @@ def _title(config: RunConfig) -> str:
     return f"{config.model.model_name_or_path} · {origin}"
 
 
-def _preflight(config: RunConfig) -> str | None:
-    """Checks that need no model (output_dir, resume checkpoint, integrations), then the token moves out.
-    Returns the checkpoint folder to resume from."""
+def _preflight(config: RunConfig) -> tuple[str | None, str]:
+    """Checks that need no model (output_dir, resume checkpoint, integrations, the Hub), with the token moved
+    out first. Returns the checkpoint folder to resume from and what the run does with output_dir."""
     args = config.training
-    preflight.check_output_dir(args.output_dir, config.transfer.overwrite_output_dir, bool(args.resume_from_checkpoint))
+    action = preflight.check_output_dir(args.output_dir, config.transfer.overwrite_output_dir,
+                                        bool(args.resume_from_checkpoint))
     resume = preflight.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         check_resume(resume, plan_record(config))
     preflight.check_integrations(args.report_to)
     preflight.hide_token(args)
-    return resume
+    preflight.check_hub(args)
+    return resume, action
 
 
 def _check_best_metric(run: Run, valid: list[str] | None) -> None:
@@ -189,10 +240,11 @@ def _check_best_metric(run: Run, valid: list[str] | None) -> None:
         )
 
 
-def _write_run_files(run: Run) -> None:
-    """The plan (table, CSV, chart) and the resolved recipe, before the first step."""
+def _write_run_files(run: Run, action: str) -> None:
+    """The run marker first (a failed run is recognisable and reusable), then the plan (table, CSV, chart)
+    and the resolved recipe, before the first step."""
     out = run.config.training.output_dir
-    Path(out).mkdir(parents=True, exist_ok=True)
+    run_folder.claim(out, action)
     Path(out, "replica_check.json").unlink(missing_ok=True)  # never leave an earlier run's verdict
     if run.rows:
         print(text_table(run.rows))
@@ -200,26 +252,6 @@ def _write_run_files(run: Run) -> None:
             print("\n".join(describe(run.phases)))
         write_plan(run.rows, out, _title(run.config))
     write_resolved(run.config, Path(out) / "hftl_config.yaml")
-
-
-def _reset_peak_memory(device) -> None:
-    """A process that trains more than once (an in-process sweep) reports each run's own GPU peak."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory(device) -> dict:
-    """Peak memory of this process: what torch allocated on the GPU, or the resident set size on CPU."""
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-    unit = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}
 
 
 def _regularizer(config: RunConfig, run: Run):

@@ -46,6 +46,9 @@ class ModelArgs:
                                     "the no-transfer baseline.")
     attn_implementation: str | None = key(None, "Force `sdpa` or `eager`; unset: SDPA where the architecture "
                                                 "supports it, else eager.")
+    allow_pickle: bool = key(False, "Load a checkpoint that has only pickle weights (pytorch_model.bin), which can "
+                                    "run code when loaded; off: such a checkpoint is refused (convert it to "
+                                    "safetensors).")
     license: str | None = key(None, "The model card's license (a Hub license id, e.g. apache-2.0); unset: the base "
                                     "model's when hftl knows it (built-in models, a local card), else none.")
 
@@ -72,8 +75,13 @@ class DataArgs:
                                      "in train.")
     image_column: str = key("image", "Images (Hub, image folder) or image paths (csv/json) for image tasks.")
     image_root: str | None = key(None, "Folder that relative image paths start from; unset: the train file's folder.")
-    image_size: int | None = key(None, "Side of the model's input in pixels; unset: the checkpoint's processor "
-                                       "decides. ViT/DeiT position tables are resampled once.")
+    allow_outside_paths: bool = key(False, "Image paths in a data file may point outside its folder (or "
+                                           "`image_root`): absolute paths elsewhere, `../`, symlinks out; off: refused.")
+    max_image_pixels: int = key(25_000_000, "Largest image accepted, in pixels (width x height), checked before "
+                                            "decoding: a tiny file can hold a huge image (a 12000x12000 PNG decodes "
+                                            "to 432 MB).")
+    image_size: int | None = key(None, "Side of the model's input in pixels, up to twice the checkpoint's own; unset: "
+                                       "its processor decides. ViT/DeiT position tables are resampled once.")
     augment: bool = key(True, "Training images get a random resized crop (and flip); eval images never change.")
     crop_min_scale: float = key(0.08, "Smallest area fraction a random crop keeps, in (0, 1]: 0.08 is "
                                       "ImageNet-style; raise it for small objects; 1 turns crops off.")
@@ -141,8 +149,8 @@ class TransferArgs:
                                                    "`learning_rate`.")
     text_layer_decay: float | None = key(None, "Dual encoders; unset: `layer_decay`.")
     vision_layer_decay: float | None = key(None, "Dual encoders; unset: `layer_decay`.")
-    overwrite_output_dir: bool = key(False, "Write over an output_dir holding an earlier run (refused otherwise, "
-                                            "unless resuming).")
+    overwrite_output_dir: bool = key(False, "Write over an output_dir holding a finished run, removing its "
+                                            "checkpoints (refused otherwise, unless resuming).")
 
 
 ARG_CLASSES = (ModelArgs, DataArgs, TransferArgs, TrainingArguments)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,9 +99,20 @@ def base_dir(data: DataArgs) -> str | None:
     return str(Path(first).resolve().parent) if first else None
 
 
+def confinement(data: DataArgs, base: str | None) -> str | None:
+    """The folder every image path must stay in: `image_root`, the data file's folder, an image folder or saved
+    dataset itself, else the working directory. None: `allow_outside_paths` lifts it."""
+    if data.allow_outside_paths:
+        return None
+    folder = data.dataset if data.dataset and Path(data.dataset).is_dir() else None
+    return os.path.realpath(data.image_root or base or folder or os.getcwd())
+
+
 def prepare_column(raw: DatasetDict, data: DataArgs, base_dir: str | None) -> DatasetDict:
-    """The image column of every split as Image(decode=False), with paths made absolute and checked."""
+    """The image column of every split as Image(decode=False), with paths made absolute and checked, and kept
+    inside the data's folder (`confinement`)."""
     column = data.image_column
+    inside = confinement(data, base_dir)
     out = DatasetDict()
     for split, ds in raw.items():
         if column not in ds.column_names:
@@ -111,6 +123,8 @@ def prepare_column(raw: DatasetDict, data: DataArgs, base_dir: str | None) -> Da
         feature = ds.features[column]
         if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
             ds = _absolute_paths(ds, column, data.image_root or base_dir, split)
+            if inside is not None:
+                _check_inside(ds[column], inside, split)
         elif not isinstance(feature, ImageFeature):
             raise HftlError(
                 f"Column `{column}` (from `image_column`) holds {type(feature).__name__} values, not images or image "
@@ -134,12 +148,34 @@ def _absolute_paths(ds: Dataset, column: str, root: str | None, split: str) -> D
     return ds.remove_columns(column).add_column(column, paths)
 
 
+def _check_inside(paths: list[str], root: str, split: str) -> None:
+    """A data file must not make hftl read files anywhere: absolute paths elsewhere, `../` and symlinks out
+    of `root` are refused (the real path counts, after every link is followed)."""
+    outside = []
+    for i, path in enumerate(paths):
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, root]) != root:
+            outside.append((i, path, real))
+    if outside:
+        i, path, real = outside[0]
+        link = f", a link to {real}" if real != os.path.abspath(path) else ""
+        raise HftlError(
+            f"The {split} split names {len(outside)} image file(s) outside `{root}` (row {i}: {path}{link}). Image "
+            "paths are kept inside the data's folder, so a data file cannot make hftl read files elsewhere. Move "
+            "the images under it, set `image_root` to a folder that holds them, or set `allow_outside_paths: true` "
+            "if you trust the data file."
+        )
+
+
 def check_settings(data: DataArgs) -> None:
     """The recipe's image keys, checked with the rest of the recipe (before any data is read)."""
     if not 0 < data.crop_min_scale <= 1:
         raise HftlError(f"crop_min_scale must be in (0, 1] (got {data.crop_min_scale}); 1 turns random crops off.")
     if data.image_size is not None and data.image_size < 8:
         raise HftlError(f"image_size must be at least 8 pixels (got {data.image_size}).")
+    if data.max_image_pixels < 1:
+        raise HftlError(f"max_image_pixels must be at least 1 (got {data.max_image_pixels}); it caps width x height "
+                        "of any image read (default 25,000,000).")
 
 
 # ---------------------------------------------------------------- decoding and checking
@@ -151,18 +187,28 @@ def describe(value) -> str:
     return "an embedded image"
 
 
-def decode(value, mode: str = "RGB") -> Image.Image:
-    """A stored image (Image(decode=False) value, path or PIL image) as a fully loaded image in `mode`."""
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict) and value.get("bytes") is not None:
-        image = Image.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        image = Image.open(value["path"])
-    elif isinstance(value, str):
-        image = Image.open(value)
-    else:
-        raise ValueError("no image data")
+class TooLarge(ValueError):
+    """An image over `max_image_pixels`: refused from its header, before a byte of it is decoded."""
+
+
+def decode(value, mode: str = "RGB", max_pixels: int | None = None) -> Image.Image:
+    """A stored image (Image(decode=False) value, path or PIL image) as a fully loaded image in `mode`;
+    one over `max_pixels` (width x height, read from its header) raises TooLarge instead."""
+    with warnings.catch_warnings():  # PIL's bomb warning: the size is judged below, against the recipe's limit
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict) and value.get("bytes") is not None:
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = Image.open(value["path"])
+        elif isinstance(value, str):
+            image = Image.open(value)
+        else:
+            raise ValueError("no image data")
+    if max_pixels and image.width * image.height > max_pixels:
+        raise TooLarge(f"{image.width}x{image.height} = {image.width * image.height:,} pixels, over max_image_pixels "
+                       f"{max_pixels:,}")
     image.load()  # decode now: truncated or corrupt data fails here, not later
     return convert(image, mode)
 
@@ -183,24 +229,32 @@ def convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
     return image.convert(mode)
 
 
-def check_images(raw: DatasetDict, column: str, mode: str) -> DatasetDict:
-    """Decode every image once before training; bad ones stop the run (`error`) or are dropped (`skip`)."""
+def check_images(raw: DatasetDict, column: str, mode: str, max_pixels: int | None = None) -> DatasetDict:
+    """Decode every image once before training; bad ones (unreadable, or over `max_pixels`) stop the run
+    (`error`) or are dropped (`skip`)."""
     from tqdm.auto import tqdm
 
     out = DatasetDict()
     for split, ds in raw.items():
-        bad: list[tuple[int, str, str]] = []
+        bad: list[tuple[int, str, str, bool]] = []  # row, file, reason, too large
         chunk = 256  # a slice of the column at a time: embedded image bytes need not all sit in memory
         with tqdm(total=len(ds), desc=f"Checking {split} images", disable=len(ds) < 2000) as progress:
             for start in range(0, len(ds), chunk):
                 for offset, value in enumerate(ds[start : start + chunk][column]):
                     try:
-                        decode(value)
+                        decode(value, max_pixels=max_pixels)
                     except Exception as err:  # PIL raises many types for unreadable data
-                        bad.append((start + offset, describe(value), first_line(err)))
+                        bad.append((start + offset, describe(value), first_line(err), isinstance(err, TooLarge)))
                 progress.update(min(chunk, len(ds) - start))
         if bad and mode == "error":
             first = bad[0]
+            if first[3]:
+                raise HftlError(
+                    f"{len(bad)} of {len(ds)} images in the {split} split are too large to read; the first is {first[1]} "
+                    f"(row {first[0]}: {first[2]}). A small file can decode to gigabytes, so images over "
+                    "`max_image_pixels` are refused: downscale them, raise `max_image_pixels` if you trust them, or "
+                    "pass `--bad_images skip` to drop them and count them."
+                )
             raise HftlError(
                 f"{len(bad)} of {len(ds)} images in the {split} split cannot be read; the first is {first[1]} "
                 f"(row {first[0]}: {first[2]}). Fix or remove those files, or pass `--bad_images skip` to drop "
@@ -208,7 +262,7 @@ def check_images(raw: DatasetDict, column: str, mode: str) -> DatasetDict:
             )
         if bad:
             print(f"hftl: skipped {len(bad)} unreadable images in the {split} split (bad_images: skip), e.g. {bad[0][1]}.")
-            keep = sorted(set(range(len(ds))) - {i for i, _, _ in bad})
+            keep = sorted(set(range(len(ds))) - {b[0] for b in bad})
             if not keep:
                 raise HftlError(f"No image in the {split} split can be read. Check the files.")
             ds = ds.select(keep)

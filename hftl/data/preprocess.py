@@ -70,6 +70,7 @@ class Preprocess:
         self.mean = np.asarray(mean if mean is not None else [0.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
         self.crop_min_scale = data.crop_min_scale
+        self.max_pixels = data.max_image_pixels  # also at training time: a file may change after the check
         self.hflip = data.hflip
 
     @staticmethod
@@ -140,7 +141,7 @@ class Preprocess:
     def pixels(self, value, train: bool) -> torch.Tensor:
         """A stored image (path, bytes or PIL) -> the model's input tensor; augmented when `train`."""
         try:
-            image = decode(value, self.mode)
+            image = decode(value, self.mode, self.max_pixels)
         except Exception as err:  # PIL raises many types for unreadable data
             raise HftlError(
                 f"Image {describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
@@ -162,6 +163,23 @@ class Preprocess:
 # ---------------------------------------------------------------- model input size
 
 
+MAX_SIZE_FACTOR = 2  # image_size up to this multiple of the side a model was pre-trained at
+
+
+def check_size_ceiling(side: int, native, name: str) -> None:
+    """A ceiling tied to the model: beyond twice its pre-training side the resampled position table is far
+    from what it learnt, and attention's cost grows with the fourth power of the side (4998 px on a 224 px
+    ViT is 250,000 times the work per image), so even the input check would run for many minutes."""
+    native = native[0] if isinstance(native, (tuple, list)) else native
+    if not isinstance(native, int) or native < 1 or side <= MAX_SIZE_FACTOR * native:
+        return
+    raise HftlError(
+        f"image_size {side} is more than {MAX_SIZE_FACTOR}x the {native} px `{name}` was pre-trained at: its position "
+        f"embeddings were learnt for that size, and attention's cost grows with the fourth power of the side "
+        f"({(side / native) ** 4:,.0f}x the work per image here). Use image_size {MAX_SIZE_FACTOR * native} or less."
+    )
+
+
 def set_image_size(model, side: int) -> None:
     """Make the model take `side` x `side` images: resample a fixed position table once (ViT, DeiT, ...).
 
@@ -175,6 +193,7 @@ def set_image_size(model, side: int) -> None:
     if embeddings is None or patch is None:
         raise HftlError(f"`{type(model).__name__}` has no patch embeddings; hftl cannot set `image_size` for it.")
     patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    check_size_ceiling(side, getattr(config, "image_size", None), type(model).__name__)
     if side % patch:
         raise HftlError(f"image_size {side} is not a multiple of the patch size {patch}; use {side - side % patch or patch}.")
     if config.model_type == "dinov2" or getattr(config, "image_size", side) == side:

@@ -161,10 +161,12 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
 
 
 def other_data(data: DataArgs, name: str) -> DataArgs:
-    """Settings to read another data set `name` with: the recipe's columns and split seed, every other
-    data key at its default (the recipe's own files, subsets, splits and image root are not its)."""
+    """Settings to read another data set `name` with: the recipe's columns, split seed and image limits
+    (paths, pixels), every other data key at its default (the recipe's own files, subsets, splits and
+    image root are not its)."""
     return type(data)(dataset=name, text_column=data.text_column, image_column=data.image_column,
-                      split_seed=data.split_seed)
+                      split_seed=data.split_seed, allow_outside_paths=data.allow_outside_paths,
+                      max_image_pixels=data.max_image_pixels)
 
 
 def sample_of(data: DataArgs, name: str, samples: int, read_folder=None):

@@ -6,5 +6,6 @@ use them. Modules: `layers` (ordered layer groups), `towers` (per-tower plans of
 encoders), `freeze` (FreezePlan), `optim` (param groups with explicit lrs), `phases` (LP-FT
 and gradual unfreezing), `plan` (the table, CSV and chart), `transfer` (TransferPlan, the
 public plan object), `features` (cached backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `preflight` (output folder,
-resume, integrations) and `trainer` (TransferTrainer).
+resume, integrations, the Hub), `run_folder` (the run marker), `checkpoint_files` (checkpoints that
+read back whole) and `trainer` (TransferTrainer).
 """

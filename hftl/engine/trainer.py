@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from hftl.engine import checkpoint_files
 from hftl.engine.optim import Assignment, clean_name, param_groups
+from hftl.errors import HftlError, SaveFailed, first_line
 
 
 class TransferTrainer(Trainer):
@@ -112,11 +115,13 @@ class TransferTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.plan_record is not None and self.is_world_process_zero():
-            folder = Path(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            if folder.is_dir():
+        folder = Path(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.plan_record is not None and self.is_world_process_zero() and folder.is_dir():
                 self.plan_record(str(folder))
+        except OSError as err:  # a full disk, a quota, a lost mount: the earlier checkpoints stay as they were
+            raise save_failed(folder, err) from None
 
     def _whole_model(self):
         """Saving and loading see the full model, also while the head trains on cached features."""
@@ -133,6 +138,17 @@ class TransferTrainer(Trainer):
     def _load_best_model(self, *args, **kwargs):
         with self._whole_model():
             return super()._load_best_model(*args, **kwargs)
+
+    def init_hf_repo(self, *args, **kwargs) -> None:
+        """push_to_hub creates the Hub repo when the Trainer is built: a refusal there is a clear error."""
+        try:
+            super().init_hf_repo(*args, **kwargs)
+        except Exception as err:  # permissions, a name taken, the network: huggingface_hub raises several types
+            raise HftlError(
+                f"push_to_hub could not create the Hub repo `{self.args.hub_model_id or Path(self.args.output_dir).name}`: "
+                f"{first_line(err)}. Check that the token may write there (or set `hub_model_id`), or set "
+                "`push_to_hub: false` and push the finished folder later with `hf upload`."
+            ) from None
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Called by push_to_hub: write hftl's card instead of the generic draft."""
@@ -184,6 +200,16 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def save_failed(folder: Path, err: OSError) -> SaveFailed:
+    """A checkpoint that could not be written is removed (unless it reads back whole), so that no resume
+    picks up half of it; the error names the OS's reason."""
+    if folder.is_dir() and checkpoint_files.problem(folder) is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+    reason = err.strerror or first_line(err)
+    where = f" ({err.filename})" if err.filename else ""
+    return SaveFailed(f"Saving {folder.name} failed: {reason}{where}.")
 
 
 def _zero_stage(trainer: Trainer) -> int:

@@ -8,13 +8,19 @@ config for `from_scratch`. `trust_remote_code` and `revision` come from the reci
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError
 
 from hftl.data import builtin
 from hftl.errors import HftlError, first_line
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
+
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_INDEX = "model.safetensors.index.json"
 
 
 def model_source(config: RunConfig) -> str:
@@ -33,6 +39,7 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
         head = dict(num_labels=len(labels.names), id2label=dict(enumerate(labels.names)),
                     label2id={n: i for i, n in enumerate(labels.names)}, problem_type=labels.problem_type)
     attention = {"attn_implementation": config.model.attn_implementation} if config.model.attn_implementation else {}
+    weights = {} if config.model.from_scratch else _weights_format(config, source)
     try:
         model_config = AutoConfig.from_pretrained(source, **head, **common)
         processor = processor_class.from_pretrained(source, **common)
@@ -40,10 +47,33 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
             model = model_class.from_config(model_config, trust_remote_code=config.model.trust_remote_code, **attention)
         else:
             model = model_class.from_pretrained(source, config=model_config, ignore_mismatched_sizes=bool(head), **common,
-                                                **attention)
-    except (OSError, ValueError, KeyError) as err:
+                                                **attention, **weights)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        hint = PICKLE_FIX if weights and "safetensors" in str(err) else ""
         raise HftlError(
             f"Could not load {what} `{config.model.model_name_or_path}`: {first_line(err)}. Check `model_name_or_path` "
-            f"({expected})."
+            f"({expected}){hint}."
         ) from None
     return model, processor
+
+
+PICKLE_FIX = ("; hftl loads safetensors weights only, since pickle weights (pytorch_model.bin) can run code when "
+              "loaded: convert the checkpoint to safetensors (load it once where you trust it and `save_pretrained`), "
+              "or set `allow_pickle: true` if you trust its source")
+
+
+def _weights_format(config: RunConfig, source: str) -> dict:
+    """safetensors only, unless `allow_pickle`: a local folder with only pickle weights is refused by name;
+    for a Hub id, `use_safetensors=True` makes transformers refuse a repo without safetensors."""
+    folder = Path(source)
+    pickled = [n for n in PICKLE_FILES if (folder / n).is_file()]
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or (folder / SAFE_INDEX).is_file() or not pickled:
+        return {} if config.model.allow_pickle else {"use_safetensors": True}
+    if config.model.allow_pickle:
+        print(f"hftl: loading pickle weights {pickled[0]} from {folder} (allow_pickle: true).")
+        return {}
+    raise HftlError(
+        f"`{config.model.model_name_or_path}` has only pickle weights ({pickled[0]}) and no model.safetensors. A pickle "
+        "can run code when loaded, so hftl refuses it by default. Convert it to safetensors (load it once where you "
+        "trust it and `save_pretrained` the model), or set `allow_pickle: true` if you trust its source."
+    )

@@ -14,7 +14,7 @@ import torch
 from datasets import DatasetDict
 
 from hftl.data import images
-from hftl.data.preprocess import Preprocess
+from hftl.data.preprocess import Preprocess, check_size_ceiling
 from hftl.data.sources import load_splits
 from hftl.engine.layers import is_dual_encoder
 from hftl.errors import HftlError
@@ -60,7 +60,7 @@ def load_data(config: RunConfig) -> tuple[DatasetDict, Labels]:
         raw, labels = labelled(raw, config)
     else:
         labels = Labels([], False, data.label_column)
-    raw = images.check_images(raw, data.image_column, data.bad_images)
+    raw = images.check_images(raw, data.image_column, data.bad_images, data.max_image_pixels)
     return raw, labels
 
 
@@ -108,6 +108,9 @@ def build_model(config: RunConfig, labels: Labels) -> Loaded:
         raise HftlError(
             f"image_size is available for DINOv2 vision towers, not `{vision_type}`: drop it to use the checkpoint's size."
         )
+    if config.data.image_size:
+        check_size_ceiling(config.data.image_size, getattr(model.config.vision_config, "image_size", None),
+                           f"{type(model).__name__}'s vision tower")
     return Loaded(model, processor, labels, Preprocess(image_processor, config.data))
 
 

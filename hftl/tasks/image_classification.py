@@ -60,7 +60,8 @@ class ImageClassification(ClassificationTask):
                 )
         raw = images.prepare_column(raw, config.data, images.base_dir(config.data))
         raw, labels = labelled(raw, config)
-        raw = images.check_images(raw, config.data.image_column, config.data.bad_images)
+        raw = images.check_images(raw, config.data.image_column, config.data.bad_images,
+                                   config.data.max_image_pixels)
         return raw, labels
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
@@ -90,7 +91,7 @@ class ImageClassification(ClassificationTask):
         train = sample_of(data, name, samples, read_folder=images.read_folder)
         other = other_data(data, name)  # relative image paths start at `name`'s folder
         train = images.prepare_column(DatasetDict(train=train), other, images.base_dir(other))
-        train = images.check_images(train, data.image_column, data.bad_images)["train"]
+        train = images.check_images(train, data.image_column, data.bad_images, data.max_image_pixels)["train"]
         values = train[data.image_column]
         return (
             {"pixel_values": torch.stack([loaded.preprocess.pixels(v, train=False) for v in values[s : s + batch_size]])}

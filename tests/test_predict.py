@@ -117,6 +117,18 @@ def test_evaluate_a_multi_label_run_truncates_as_its_training_did(multi_run, tin
     assert (out / "per_label_f1.png").is_file()
 
 
+def test_evaluate_a_lora_run_saved_as_adapters(tiny_bert, sentiment_csv, tmp_path):
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bert), strategy="lora", max_steps=3,
+                          train_file=str(sentiment_csv / "train.csv"), test_file=str(sentiment_csv / "test.csv"),
+                          learning_rate=1e-2, output_dir=str(run))
+    _ok(["train", str(recipe)])
+    assert (run / "adapter_model.safetensors").is_file() and not (run / "model.safetensors").exists()
+    _ok(["evaluate", str(run), "--test_file", str(sentiment_csv / "test.csv")])
+    # the base model, its adapters and its trained head: the figures the run had (a fresh head would differ)
+    _same_figures(_json(run / "eval" / "test" / "metrics.json"), run, ("test_accuracy", "test_loss"))
+
+
 # ---------------------------------------------------------------- hftl predict
 
 

@@ -19,12 +19,16 @@ from pathlib import Path
 from hftl.errors import HftlError
 
 RUN_FILES = ("a run folder written by `hftl train` holds hftl_config.yaml (the resolved recipe), config.json and "
-             "model.safetensors (the model) and its tokenizer or image processor files")
+             "model.safetensors (the model; adapter_model.safetensors for LoRA without merge_lora) and its tokenizer "
+             "or image processor files")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+ADAPTERS = "adapter_model.safetensors"  # a LoRA run saved without merge_lora: adapters and head on the base model
 PROCESSOR_FILES = ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json", "processor_config.json")
 # where the run's own data came from (dropped for new data); its other data keys describe rows and their preprocessing
 SOURCE_KEYS = ("dataset", "dataset_config", "train_file", "validation_file", "test_file", "image_root",
                "max_train_samples", "max_eval_samples")
-DATA_KEYS = ("text_column", "text_pair_column", "label_column", "image_column", "image_root")  # what new data may rename
+# what new data may set in place of the runs own
+DATA_KEYS = ("text_column", "text_pair_column", "label_column", "image_column", "image_root")
 
 
 @dataclass
@@ -44,10 +48,8 @@ def check_folder(folder: str) -> Path:
     if not path.is_dir():
         raise HftlError(f"Run folder `{folder}` does not exist; {RUN_FILES}. Pass the output_dir of a finished run.")
     missing = [f"`{n}`" for n in ("hftl_config.yaml", "config.json") if not (path / n).is_file()]
-    if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
-        adapters = (path / "adapter_model.safetensors").is_file()
-        missing.append("`model.safetensors`" + (" (it holds LoRA adapters only: retrain with `merge_lora: true` for "
-                                                "a full model)" if adapters else ""))
+    if not any((path / n).is_file() for n in (*WEIGHTS, ADAPTERS)):
+        missing.append("`model.safetensors`")
     if not any((path / n).is_file() for n in PROCESSOR_FILES):
         missing.append("a tokenizer or image processor (`tokenizer_config.json` or `preprocessor_config.json`)")
     if missing:
@@ -68,15 +70,36 @@ def open_run(folder: str, data: dict) -> Finished:
     task = get_task(config.transfer.task)
     if not task.capabilities.finished_runs:
         able = [n for n in TASKS if get_task(n).capabilities.finished_runs]
-        raise HftlError(f"`{folder}` is a {task.name} run; hftl evaluate and hftl predict read {', '.join(able)} runs. "
-                        "Score a CLIP model on new data with `hftl train` and `clip_mode: zero_shot`.")
-    model = dataclasses.replace(config.model, model_name_or_path=str(path), trust_remote_code=False,
-                                from_scratch=False, revision="main")
-    config = dataclasses.replace(config, model=model, data=dataclasses.replace(config.data, **{**dict.fromkeys(SOURCE_KEYS), **data}))
-    labels = run_labels(json.loads((path / "config.json").read_text()), config.data.label_column)
+        hint = " Score a dual encoder on new data with `hftl train` and `clip_mode: zero_shot`." \
+            if task.capabilities.zero_shot else ""
+        raise HftlError(f"`{folder}` is a {task.name} run; hftl evaluate and hftl predict read "
+                        f"{', '.join(able)} runs.{hint}")
+    new_data = dataclasses.replace(config.data, **{**dict.fromkeys(SOURCE_KEYS), **data})
+    config = dataclasses.replace(config, data=new_data)
+    try:
+        labels = run_labels(json.loads((path / "config.json").read_text()), config.data.label_column)
+    except ValueError as err:
+        raise HftlError(f"`{path / 'config.json'}` is not valid JSON ({err}); {RUN_FILES}.") from None
     if not labels.names:
         raise HftlError(f"`{path / 'config.json'}` names no labels (id2label); {RUN_FILES}.")
-    return Finished(path, config, task, task.build_model(config, labels), labels)
+    config, loaded = _model(config, task, path, labels)
+    return Finished(path, config, task, loaded, labels)
+
+
+def _model(config, task, path: Path, labels):
+    """(the config that loaded it, the saved model): the folder's own weights, or for a LoRA run saved as adapters
+    the base model the run started from with its adapters and head, merged for inference."""
+    adapters = not any((path / n).is_file() for n in WEIGHTS)
+    source = config.model.model_name_or_path if adapters else str(path)
+    model_args = dataclasses.replace(config.model, model_name_or_path=source, trust_remote_code=False,
+                                     from_scratch=False, **({} if adapters else {"revision": "main"}))
+    config = dataclasses.replace(config, model=model_args)
+    loaded = task.build_model(config, labels)
+    if adapters:
+        from peft import PeftModel
+
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(path)).merge_and_unload()
+    return config, loaded
 
 
 def device():

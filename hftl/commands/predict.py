@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
     missing = [f"`{c}` (from `{k}`)" for k, c in columns.items() if c not in rows.columns]
     if missing:
         raise HftlError(f"Input `{args.input}` has no column {', '.join(missing)}; its columns are "
-                        f"{', '.join(rows.columns) or 'none'}. Pass `--{next(iter(columns))} NAME` with the column to read.")
+                        f"{', '.join(rows.columns) or 'none'}. Pass `--{next(iter(columns))} NAME` with the column "
+                        "to read.")
     batch_size = args.batch_size or run.config.training.per_device_eval_batch_size
     written, skipped = predict(run, rows, output, decide, batch_size, args.bad_rows, args.input)
     _report(written, skipped, output, side)
@@ -109,7 +110,7 @@ def predict(run: finished.Finished, rows, output: Path, decide: Decision, batch_
     """Every row into the CSV, batch by batch; returns (rows written, skipped rows as (number, where, reason))."""
     from tqdm.auto import tqdm
 
-    prepare = run.task.row_inputs(run.config, run.loaded)
+    prepare, collate = run.task.row_inputs(run.config, run.loaded), run.task.collator(run.loaded)
     columns = list(run.task.input_columns(run.config).values())
     model = run.loaded.model.to(finished.device()).eval()
     partial = output.with_name(output.name + ".partial")
@@ -131,10 +132,10 @@ def predict(run: finished.Finished, rows, output: Path, decide: Decision, batch_
                         ) from None
                     skipped.append((number, where, str(bad)))
                 if len(batch) == batch_size:
-                    written += _write(writer, model, run, batch, columns, decide)
+                    written += _write(writer, model, collate, batch, columns, decide)
                     batch = []
                 bar.update(1)
-            written += _write(writer, model, run, batch, columns, decide)
+            written += _write(writer, model, collate, batch, columns, decide)
         os.replace(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -142,13 +143,13 @@ def predict(run: finished.Finished, rows, output: Path, decide: Decision, batch_
     return written, skipped
 
 
-def _write(writer, model, run, batch: list, columns: list[str], decide: Decision) -> int:
+def _write(writer, model, collate, batch: list, columns: list[str], decide: Decision) -> int:
     """One batch through the model, its rows into the CSV."""
     import torch
 
     if not batch:
         return 0
-    inputs = run.task.collator(run.loaded)([item for _, _, item in batch])
+    inputs = collate([item for _, _, item in batch])
     device = next(model.parameters()).device
     with torch.inference_mode():
         logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()

@@ -33,7 +33,8 @@ def open_rows(path: str, folder_column: str | None = None) -> Rows:
     source = Path(path)
     if source.is_dir():
         if not folder_column:
-            raise HftlError(f"Input `{path}` is a folder; this run reads rows of text. Give a file ({', '.join(TYPES)}).")
+            raise HftlError(f"Input `{path}` is a folder; this run reads rows of text. Give a file "
+                            f"({', '.join(TYPES)}).")
         files = sorted(str(f) for f in source.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise HftlError(f"The folder `{path}` holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -101,7 +102,8 @@ def _json(path: Path) -> Rows:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise HftlError(f"`{path}` is not valid JSON ({err}).") from None
-        items = ((i, f"item {i}", r if isinstance(r, dict) else BadRow("not a JSON object")) for i, r in enumerate(rows, 1))
+        items = ((i, f"item {i}", r if isinstance(r, dict) else BadRow("not a JSON object"))
+                 for i, r in enumerate(rows, 1))
         return Rows(sorted({k for r in rows if isinstance(r, dict) for k in r}), len(rows), items)
     first = next((_line(line) for line in open(path, encoding="utf-8") if line.strip()), None)
     if not isinstance(first, dict):

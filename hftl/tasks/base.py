@@ -121,7 +121,7 @@ class Task:
         """Model-input batches (no labels) of another dataset, preprocessed as eval inputs (EWC's Fisher)."""
         raise HftlError(f"task {self.name} cannot read another dataset as model inputs (ewc_data).")
 
-    # ---------------------------------------------------------------- a finished run on new data (capability finished_runs)
+    # ---------------------------------------------------------------- a finished run on new data (finished_runs)
 
     def eval_split(self, config: RunConfig, labels, split: str | None) -> DatasetDict:
         """One labelled split of `config.data`'s source, read and checked like training data, its `labels` in the

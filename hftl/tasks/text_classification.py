@@ -92,7 +92,8 @@ class TextClassification(ClassificationTask):
 
     def row_inputs(self, config: RunConfig, loaded: Loaded):
         """Tokenised as `encode` tokenises eval data (same truncation; the collator pads each batch)."""
-        tokenizer, max_length, columns = loaded.processor, self.max_length(config, loaded.processor), self.input_columns(config)
+        tokenizer, columns = loaded.processor, self.input_columns(config)
+        max_length = self.max_length(config, tokenizer)
 
         def one(row: dict):
             texts = [row.get(column) for column in columns.values()]

@@ -134,7 +134,7 @@ class Task:
 
     def row_inputs(self, config: RunConfig, loaded: Loaded) -> Callable[[dict], Any]:
         """A function from one unlabelled row to its model input as eval data is preprocessed (the collator batches
-        them); it raises BadRow with the reason for a row it cannot use (`hftl predict`)."""
+        them); it raises errors.BadRow with the reason for a row it cannot use (`hftl predict`)."""
         raise HftlError(f"task {self.name} cannot predict with a finished run.")
 
     # ---------------------------------------------------------------- plan

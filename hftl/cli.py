@@ -1,4 +1,5 @@
-"""Command line: `hftl train|plan|advise|sweep|wise-ft RECIPE.yaml [--key value ...]`.
+"""Command line: `hftl train|plan|advise|sweep|wise-ft RECIPE.yaml [--key value ...]`, and
+`hftl evaluate|predict RUN_DIR ...` on a finished run (commands/evaluate.py, commands/predict.py).
 
 Bad input (HftlError) prints one paragraph and exits with code 2, without a traceback; the same
 under `accelerate launch -m hftl`, where each rank would otherwise print a stack. Ctrl-C prints one
@@ -23,18 +24,24 @@ USAGE = """hftl train RECIPE.yaml [--key value ...]   fine-tune (writes plan, mo
        hftl sweep RECIPE.yaml [--strategies feature_extraction,partial,full,lora,scratch] [--sweep_dir DIR]
                   [--resume] [--launcher "accelerate launch ..."] [--key value ...]
                                                   train each strategy on the same data and budget; table + CSV + chart
+       hftl evaluate RUN_DIR (--test_file F | --dataset NAME [--split S]) [--out DIR] [--overwrite true]
+                                                  score a finished run on new labelled data: metrics, per-class table,
+                                                  confusion matrix in RUN_DIR/eval/<data name>/
+       hftl predict RUN_DIR --input F --output P.csv [--top_k K] [--threshold T] [--bad_rows error|skip]
+                                                  label unlabelled rows (csv/tsv/json/jsonl/parquet, image folder)
 
 Any recipe key (hftl's or transformers.TrainingArguments') can be overridden as --key value.
-Run `hftl train --help` for the full list of keys."""
+Run `hftl train --help` for the full list of keys, `hftl evaluate --help` and `hftl predict --help` for theirs."""
 
 
 COMMANDS = ("train", "plan", "wise-ft", "advise", "sweep")
+RUN_COMMANDS = ("evaluate", "predict")  # on a finished run's folder, with options of their own (no recipe keys)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", usage=USAGE, add_help=True)
     parser.add_argument("--version", action="version", version=f"hftl {__version__}")
-    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("command", choices=COMMANDS + RUN_COMMANDS)
     parser.add_argument("recipe", nargs="?")
     return parser
 
@@ -42,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks badly under DataLoader workers
+    if argv and argv[0] in RUN_COMMANDS:
+        return _on_run(argv[0], argv[1:])
     if len(argv) >= 1 and argv[0] in COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
         from hftl.config import cli_help
 
@@ -63,6 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside a training run (loading a recipe, advise, a sweep between its runs)
         print(f"hftl: {args.command} interrupted.", file=sys.stderr)
         return Interrupted.exit_code
+
+
+def _on_run(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(f"hftl.commands.{command}")
+    if any(a in ("-h", "--help") for a in argv):
+        print(module.parser().format_help())
+        return 0
+    try:
+        return module.main(argv)
+    except HftlError as err:
+        print(f"hftl: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:

@@ -9,6 +9,11 @@ class HftlError(Exception):
     """Bad input: the message names the problem and the fix."""
 
 
+class BadRow(ValueError):
+    """One row of input that `hftl predict` cannot use (empty text, an unreadable image): the message says why.
+    Not bad input by itself: the command names the first such row (`bad_rows: error`) or skips and lists them."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type when the message is empty), for one-paragraph errors."""
     text = str(err).strip()

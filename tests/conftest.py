@@ -1,6 +1,6 @@
 """Shared fixtures: tiny BERT/RoBERTa checkpoints built from configs and saved with save_pretrained (tiny ViT
 and CLIP ones from helpers.py), an earlier run's output_dir and a recipe that would train into it,
-plus small learnable text datasets. Nothing is downloaded."""
+small learnable text datasets, and one finished text run that several modules read. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -177,6 +177,21 @@ def recipe(tmp_path, tiny_bert, sentiment_csv, previous_run):
         return str(write_recipe(tmp_path / "recipe.yaml", **base))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finished(tiny_bert, sentiment_csv, tmp_path_factory) -> Path:
+    """A finished text-classification run (2 epochs, evaluated each epoch) with its test split scored: its model,
+    card, pictures and tables (test_outputs.py), read back by hftl evaluate and predict (test_predict.py)."""
+    from hftl.cli import main
+
+    out = tmp_path_factory.mktemp("outputs") / "run"
+    recipe = write_recipe(out.parent / "r.yaml", model_name_or_path=str(tiny_bert),
+                          train_file=str(sentiment_csv / "train.csv"), test_file=str(sentiment_csv / "test.csv"),
+                          output_dir=str(out), num_train_epochs=2, eval_strategy="epoch", learning_rate=3e-3,
+                          logging_steps=2)
+    assert main(["train", str(recipe)]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

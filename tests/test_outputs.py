@@ -12,19 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from conftest import write_recipe
-from hftl.cli import main
 from hftl.config import load_config
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_bert, sentiment_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("outputs") / "run"
-    recipe = write_recipe(out.parent / "r.yaml", model_name_or_path=str(tiny_bert),
-                          train_file=str(sentiment_csv / "train.csv"), test_file=str(sentiment_csv / "test.csv"),
-                          output_dir=str(out), num_train_epochs=2, eval_strategy="epoch", learning_rate=3e-3,
-                          logging_steps=2)
-    assert main(["train", str(recipe)]) == 0
-    return out
 
 
 def test_card_metadata_is_a_model_index_huggingface_hub_parses(finished):

@@ -102,9 +102,12 @@ def class_report(logits: np.ndarray, label_ids: np.ndarray, names: list[str], mu
     return {"rows": rows, "matrix": matrix}
 
 
-def write_class_report(folder: str | Path, report: dict, names: list[str], split: str) -> list[str]:
-    """per_class.csv, and the confusion matrix (counts and row-normalised) or the per-label F1 chart."""
+def write_class_report(folder: str | Path, report: dict, names: list[str], split: str,
+                       where: str | None = None) -> list[str]:
+    """per_class.csv, and the confusion matrix (counts and row-normalised) or the per-label F1 chart; `where` names
+    the data in the titles (default: the split)."""
     folder = Path(folder)
+    where = where or f"the {split} split"
     with open(folder / PER_CLASS, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
         writer.writeheader()
@@ -115,7 +118,7 @@ def write_class_report(folder: str | Path, report: dict, names: list[str], split
         ax.barh([r["class"] for r in report["rows"]], [r["f1"] for r in report["rows"]], color="#4c72b0")
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
-        ax.set_xlabel(f"F1 on the {split} split")
+        ax.set_xlabel(f"F1 on {where}")
         ax.set_title("F1 per label")
         picture = PER_LABEL_F1
     else:
@@ -136,7 +139,7 @@ def write_class_report(folder: str | Path, report: dict, names: list[str], split
                     for j in range(len(names)):
                         ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
                                 color="white" if values[i, j] > high else "black")
-        fig.suptitle(f"Confusion matrix, {split} split ({int(matrix.sum())} examples)")
+        fig.suptitle(f"Confusion matrix on {where} ({int(matrix.sum())} examples)")
         picture = CONFUSION
     fig.tight_layout()
     fig.savefig(folder / picture, dpi=110)

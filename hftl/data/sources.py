@@ -174,3 +174,20 @@ def sample_of(data: DataArgs, name: str, samples: int, read_folder=None):
     (EWC's Fisher data): the recipe's own files, subsets and image root do not apply to it."""
     train = load_splits(other_data(data, name), read_folder=read_folder)["train"]
     return train.shuffle(seed=0).select(range(min(samples, len(train))))
+
+
+def load_split(data: DataArgs, split: str | None = None, trust_remote_code: bool = False,
+               read_folder=None) -> DatasetDict:
+    """One split of a data set as it is (nothing carved, nothing subsampled), for `hftl evaluate`: `split`, else
+    test, else validation, else the only one. Returned as a one-split DatasetDict, so task code reads it like training
+    data."""
+    raw = _read(data, trust_remote_code, read_folder)
+    raw = DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
+    if split is None:
+        split = next((s for s in ("test", "validation") if s in raw), next(iter(raw)) if len(raw) == 1 else None)
+    if split not in raw:
+        wanted = f"no `{split}` split" if split else "several splits and none is test or validation"
+        raise HftlError(f"The data has {wanted} (splits: {', '.join(raw) or 'none'}). Pass `--split NAME`.")
+    if len(raw[split]) == 0:
+        raise HftlError(f"The {split} split is empty (0 rows). Give data with examples.")
+    return DatasetDict({split: raw[split]})

@@ -36,6 +36,7 @@ class Capabilities:
     lora_task_type: str | None = None  # peft TaskType name of the task's forward; None: peft's plain wrapper
     compare: bool = False  # `hftl advise` measures it and `hftl sweep` compares its strategies
     zero_shot: bool = False  # zero-shot metrics before and after training; `hftl wise-ft`
+    finished_runs: bool = False  # `hftl evaluate` and `hftl predict` read its saved run on new data
     towers: tuple[str, ...] = ()  # dual encoders: a freeze plan and lrs per tower (`text_*`, `vision_*` keys)
     strategies: tuple[str, ...] = STRATEGIES
 
@@ -119,6 +120,22 @@ class Task:
     def source_batches(self, config: RunConfig, loaded: Loaded, name: str, samples: int, batch_size: int = 16):
         """Model-input batches (no labels) of another dataset, preprocessed as eval inputs (EWC's Fisher)."""
         raise HftlError(f"task {self.name} cannot read another dataset as model inputs (ewc_data).")
+
+    # ---------------------------------------------------------------- a finished run on new data (finished_runs)
+
+    def eval_split(self, config: RunConfig, labels, split: str | None) -> DatasetDict:
+        """One labelled split of `config.data`'s source, read and checked like training data, its `labels` in the
+        saved model's label set `labels` (`hftl evaluate`)."""
+        raise HftlError(f"task {self.name} cannot evaluate a finished run on new data.")
+
+    def input_columns(self, config: RunConfig) -> dict[str, str]:
+        """{recipe key: column} of the model's inputs in an unlabelled row (`hftl predict`)."""
+        return {}
+
+    def row_inputs(self, config: RunConfig, loaded: Loaded) -> Callable[[dict], Any]:
+        """A function from one unlabelled row to its model input as eval data is preprocessed (the collator batches
+        them); it raises errors.BadRow with the reason for a row it cannot use (`hftl predict`)."""
+        raise HftlError(f"task {self.name} cannot predict with a finished run.")
 
     # ---------------------------------------------------------------- plan
 

@@ -153,6 +153,52 @@ def _check_unseen(raw: DatasetDict, labels: Labels) -> None:
             )
 
 
+def run_labels(model_config: dict, column: str) -> Labels:
+    """The label set a saved classifier was trained on, in id order, from its config.json."""
+    id2label = model_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+    return Labels(names, model_config.get("problem_type") == "multi_label_classification", column, declared=True)
+
+
+def known_labels(raw: DatasetDict, config: RunConfig, labels: Labels) -> DatasetDict:
+    """New labelled data (`hftl evaluate`) as `labels` ids or multi-hot rows in a saved model's own label set. An
+    empty label, or one the model never saw, is bad input: the model cannot be scored on it."""
+    split, ds = next(iter(raw.items()))
+    source = f"`{config.data.test_file}`" if config.data.test_file else f"the {split} split of `{config.data.dataset}`"
+    start = source[0].upper() + source[1:]
+    column = config.data.label_column
+    feature = ds.features[column]
+    inner = getattr(feature, "feature", feature)
+    listed = isinstance(feature, (Sequence, list))
+    if listed != labels.multi_label and not (labels.multi_label and config.data.label_separator):
+        kind = "multi-label (lists of labels, or `label_separator`)" if labels.multi_label else "single-label"
+        raise HftlError(f"The run is {kind}, but `{column}` in {source} holds "
+                        f"{'lists' if listed else 'single values'}. Give data labelled like the training data.")
+    empty = sum(1 for v in ds[column] if v is None or (isinstance(v, str) and not v.strip()) or v == -1)
+    if empty:
+        raise HftlError(f"{start} has {empty} rows with an empty label in `{column}`. Fill or drop them.")
+    values = _values(ds, config, labels.multi_label)
+    rows = values if labels.multi_label else [[v] for v in values]
+    if isinstance(inner, ClassLabel):  # the data's own ids, by name into the model's
+        rows = [[inner.names[x] for x in row] for row in rows]
+    index = {name: i for i, name in enumerate(labels.names)}
+    unseen = sorted({str(x) for row in rows for x in row} - set(index))
+    if unseen:
+        shown = ", ".join(f"`{n}`" for n in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
+        raise HftlError(
+            f"{start} has labels the model never saw: {shown} (in `{column}`). The model's labels are "
+            f"{', '.join(labels.names[:30])}{' ...' if len(labels.names) > 30 else ''}. Fix or drop those rows, or "
+            "evaluate a run trained with those labels."
+        )
+    if labels.multi_label:
+        encoded = [[1.0 if i in hot else 0.0 for i in range(len(labels.names))]
+                   for hot in ({index[str(x)] for x in row} for row in rows)]
+    else:
+        encoded = [index[str(row[0])] for row in rows]
+    ds = ds.remove_columns("labels") if "labels" in ds.column_names else ds
+    return DatasetDict({split: ds.add_column("labels", encoded)})
+
+
 def _used_classes(column, labels: Labels) -> set[int]:
     if labels.multi_label:
         return {i for row in column if row is not None for i, v in enumerate(row) if v}

@@ -10,6 +10,7 @@ classifier as the head.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,11 +19,11 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftl.data import images
 from hftl.data.preprocess import Preprocess, set_image_size
-from hftl.data.sources import load_splits, other_data, sample_of
-from hftl.errors import HftlError, first_line
+from hftl.data.sources import load_split, load_splits, other_data, sample_of
+from hftl.errors import BadRow, HftlError, first_line
 from hftl.tasks import checkpoints
 from hftl.tasks.base import Capabilities, Loaded
-from hftl.tasks.classification import ClassificationTask, Labels, labelled
+from hftl.tasks.classification import ClassificationTask, Labels, known_labels, labelled
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
@@ -33,7 +34,8 @@ FIRST_TOKEN_HEADS = frozenset({"vit", "deit"})  # heads that read only the cls t
 class ImageClassification(ClassificationTask):
     name = "image-classification"
     pipeline_task = "image-classification"
-    capabilities = Capabilities(cached_features=True, source_batches=True, replay=True, compare=True)
+    capabilities = Capabilities(cached_features=True, source_batches=True, replay=True, compare=True,
+                                finished_runs=True)
     # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name:
     # the Trainer must keep that column
     required_training = {"remove_unused_columns": False}
@@ -52,17 +54,40 @@ class ImageClassification(ClassificationTask):
         stratify = None if config.data.label_separator else config.data.label_column
         raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify,
                           read_folder=images.read_folder)
-        for split, ds in raw.items():
-            if config.data.label_column not in ds.column_names:
-                raise HftlError(
-                    f"Column `{config.data.label_column}` (from `label_column`) is not in the {split} split. Its "
-                    f"columns are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
-                )
-        raw = images.prepare_column(raw, config.data, images.base_dir(config.data))
-        raw, labels = labelled(raw, config)
+        raw, labels = labelled(_image_columns(raw, config), config)
         raw = images.check_images(raw, config.data.image_column, config.data.bad_images,
                                    config.data.max_image_pixels)
         return raw, labels
+
+    def eval_split(self, config: RunConfig, labels: Labels, split: str | None) -> DatasetDict:
+        raw = load_split(config.data, split, config.model.trust_remote_code, read_folder=images.read_folder)
+        raw = known_labels(_image_columns(raw, config), config, labels)
+        return images.check_images(raw, config.data.image_column, config.data.bad_images,
+                                   config.data.max_image_pixels)
+
+    def input_columns(self, config: RunConfig) -> dict[str, str]:
+        return {"image_column": config.data.image_column}
+
+    def row_inputs(self, config: RunConfig, loaded: Loaded):
+        """Decoded and preprocessed as eval images are; relative paths start at `image_root`."""
+        column, root, preprocess = config.data.image_column, config.data.image_root, loaded.preprocess
+
+        def one(row: dict):
+            value = row.get(column)
+            if isinstance(value, str) and root and not Path(value).is_absolute():
+                value = str(Path(root) / value)
+            if value is None or value == "":
+                raise BadRow(f"no image in `{column}`")
+            if isinstance(value, str) and not Path(value).is_file():
+                raise BadRow(f"image file `{value}` does not exist")
+            try:
+                image = images.decode(value, preprocess.mode, config.data.max_image_pixels)
+            except Exception as err:  # PIL raises many types for unreadable data
+                raise BadRow(f"image {images.describe(value) if isinstance(value, dict) else value} cannot be read "
+                             f"({first_line(err)})") from None
+            return {"pixel_values": preprocess.to_tensor(preprocess.eval_image(image))}
+
+        return one
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
         model, processor = checkpoints.load(
@@ -104,6 +129,17 @@ class ImageClassification(ClassificationTask):
         aug = (f"random resized crop (min area {data.crop_min_scale:g}){' + flip' if data.hflip else ''}"
                if data.augment else "no augmentation")
         return f"image column `{data.image_column}`{size}, {aug}"
+
+
+def _image_columns(raw: DatasetDict, config: RunConfig) -> DatasetDict:
+    """The label column checked and the image column as Image(decode=False) with checked absolute paths."""
+    for split, ds in raw.items():
+        if config.data.label_column not in ds.column_names:
+            raise HftlError(
+                f"Column `{config.data.label_column}` (from `label_column`) is not in the {split} split. Its "
+                f"columns are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
+            )
+    return images.prepare_column(raw, config.data, images.base_dir(config.data))
 
 
 def _check_input_size(model, preprocess: Preprocess) -> None:

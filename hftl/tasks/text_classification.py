@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftl.data.sources import load_splits, sample_of
-from hftl.errors import HftlError
+from hftl.data.sources import load_split, load_splits, sample_of
+from hftl.errors import BadRow, HftlError
 from hftl.tasks import checkpoints
 from hftl.tasks.base import Capabilities, Loaded
-from hftl.tasks.classification import ClassificationTask, Labels, labelled
+from hftl.tasks.classification import ClassificationTask, Labels, known_labels, labelled
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
@@ -48,6 +48,7 @@ class TextClassification(ClassificationTask):
     capabilities = Capabilities(
         cached_features=True,  # the heads read only the first token of the last hidden state; no augmentation
         text_embeddings=True, source_batches=True, replay=True, lora_task_type="SEQ_CLS", compare=True,
+        finished_runs=True,
     )
     training_defaults = {"train_sampling_strategy": "group_by_length"}  # length-grouped batches waste little on padding
 
@@ -78,6 +79,31 @@ class TextClassification(ClassificationTask):
             drop = [c for c in ds.column_names if c != "labels"]
             out[split] = ds.map(tokenize, batched=True, remove_columns=drop, desc=f"Tokenizing {split}")
         return out
+
+    def eval_split(self, config: RunConfig, labels: Labels, split: str | None) -> DatasetDict:
+        raw = load_split(config.data, split, config.model.trust_remote_code)
+        _check_columns(raw, config)
+        return known_labels(raw, config, labels)
+
+    def input_columns(self, config: RunConfig) -> dict[str, str]:
+        data = config.data
+        return {"text_column": data.text_column, **({"text_pair_column": data.text_pair_column}
+                                                    if data.text_pair_column else {})}
+
+    def row_inputs(self, config: RunConfig, loaded: Loaded):
+        """Tokenised as `encode` tokenises eval data (same truncation; the collator pads each batch)."""
+        tokenizer, columns = loaded.processor, self.input_columns(config)
+        max_length = self.max_length(config, tokenizer)
+
+        def one(row: dict):
+            texts = [row.get(column) for column in columns.values()]
+            for column, text in zip(columns.values(), texts):
+                if not isinstance(text, str) or not text.strip():
+                    raise BadRow(f"empty text in `{column}`" if text is None or isinstance(text, str)
+                                 else f"`{column}` holds {type(text).__name__}, not text")
+            return tokenizer(*texts, truncation=True, max_length=max_length)
+
+        return one
 
     @staticmethod
     def max_length(config: RunConfig, tokenizer) -> int:

@@ -37,6 +37,7 @@ class Capabilities:
     compare: bool = False  # `hftl advise` measures it and `hftl sweep` compares its strategies
     zero_shot: bool = False  # zero-shot metrics before and after training; `hftl wise-ft`
     towers: tuple[str, ...] = ()  # dual encoders: a freeze plan and lrs per tower (`text_*`, `vision_*` keys)
+    naflex: bool = False  # SigLIP2 NaFlex images: patch sequences of their own aspect ratio (`max_num_patches`)
     strategies: tuple[str, ...] = STRATEGIES
 
 

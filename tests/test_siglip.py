@@ -336,3 +336,16 @@ def test_a_dual_encoder_family_hftl_cannot_group_names_the_class_and_the_closest
         assert "The closest supported family is CLIP (task clip)" in message
     with pytest.raises(hftl.HftlError, match="`AlignModel` is an image-text dual encoder"):
         hftl.TransferPlan.build(model)
+
+
+def test_a_missing_tokenizer_package_is_named(tiny_siglip, colours, tmp_path, capsys, monkeypatch):
+    """Google's SigLIP tokenizer is sentencepiece's; without the package transformers raises ImportError."""
+    import transformers
+
+    def missing(*args, **kwargs):
+        raise ImportError("SiglipTokenizer requires the SentencePiece library but it was not found in your environment.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_siglip), dataset=str(colours))
+    message = cli_error(capsys, ["plan", str(recipe)])
+    assert "requires the SentencePiece library" in message and 'pip install "hftl[siglip]"' in message

@@ -80,8 +80,12 @@ class Siglip(Clip):
                 raise HftlError(f"{key} is not available for task siglip: {why}. Drop `{key}`.")
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
-        model, processor = clip_inputs.load_dual(config, SIGLIP_TOWERS)
         name = config.model.model_name_or_path
+        try:
+            model, processor = clip_inputs.load_dual(config, SIGLIP_TOWERS)
+        except ImportError as err:  # SigLIP's sentencepiece tokenizer, when sentencepiece is not installed
+            raise HftlError(f"Could not load `{name}`: {str(err).strip().splitlines()[0]} Install the tokenizer's "
+                            "packages with `pip install \"hftl[siglip]\"` (sentencepiece, protobuf).") from None
         if is_naflex(model) and not hasattr(processor.image_processor, "max_num_patches"):
             raise HftlError(f"`{name}` is a NaFlex Siglip2Model, but its image processor makes fixed-size images, not "
                             "patch sequences: use the checkpoint's own Siglip2 processor.")

@@ -167,6 +167,22 @@ def test_task_loss_equals_the_models_own_on_a_batch(version, models, colours, tm
     assert ours.item() > 1.0  # the bias of -10 at the start: the positives are far from matched
 
 
+def test_from_scratch_starts_at_the_papers_temperature_and_bias(tiny_siglip, tmp_path):
+    """transformers initialises logit_scale and logit_bias at 0; SigLIP's paper starts them at log 10 and -10."""
+    from hftl.config import load_config
+    from hftl.tasks import get_task
+    from hftl.tasks.classification import Labels
+
+    config = load_config(str(_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_siglip), dataset="unused",
+                                     from_scratch=True)))
+    model = get_task("siglip").build_model(config, Labels(CLASSES, False, "label")).model
+    assert model.logit_scale.item() == pytest.approx(math.log(10)) and model.logit_bias.item() == -10.0
+    from transformers import AutoModel
+
+    plain = AutoModel.from_config(model.config)  # what from_scratch would start from without hftl's values
+    assert plain.logit_scale.item() == 0 and plain.logit_bias.item() == 0
+
+
 @pytest.mark.slow
 def test_two_process_gather_equals_one_process_over_the_global_batch(tmp_path):
     """Each rank: its 4 images against all 8 texts. The mean of the ranks' losses is the one-process loss of the 8;
@@ -276,7 +292,7 @@ def test_contrastive_run_then_wise_ft_and_linear_probe(tiny_siglip2, colours, tm
     """SigLIP2 NaFlex end to end: contrastive fine-tuning, WiSE-FT between its two ends, the linear probe."""
     out = tmp_path / "run"
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_siglip2), dataset=str(colours), output_dir=str(out),
-                     num_train_epochs=2, max_num_patches=9)
+                     num_train_epochs=1, max_num_patches=9)
     _run("train", str(recipe))
     results = json.loads((out / "all_results.json").read_text())
     assert _load(out)[1].image_processor.max_num_patches == 9  # the saved processor sizes images as training did
@@ -286,7 +302,7 @@ def test_contrastive_run_then_wise_ft_and_linear_probe(tiny_siglip2, colours, tm
     assert float(rows[0].split(",")[1]) == pytest.approx(results["zero_shot_test_accuracy_before"])
     assert float(rows[1].split(",")[1]) == pytest.approx(results["zero_shot_test_accuracy_after"])
     probe = _recipe(tmp_path / "p.yaml", model_name_or_path=str(tiny_siglip2), dataset=str(colours),
-                    output_dir=str(tmp_path / "probe"), clip_mode="linear_probe", head_lr=1e-1, num_train_epochs=3)
+                    output_dir=str(tmp_path / "probe"), clip_mode="linear_probe", head_lr=1e-1, num_train_epochs=1)
     _run("train", str(probe))
     probed = json.loads((tmp_path / "probe" / "all_results.json").read_text())
     assert (tmp_path / "probe" / "linear_probe.safetensors").is_file() and "test_accuracy" in probed

@@ -111,7 +111,8 @@ def tower_layout(model: nn.Module) -> tuple | None:
     SIGLIP_TOWERS for SigLIP's (each tower ends in its own `head`, and a logit_bias), None otherwise."""
     if all(hasattr(model, tower) and hasattr(model, proj) for _, tower, proj in TOWERS):
         return TOWERS
-    if hasattr(model, "logit_bias") and all(hasattr(getattr(model, tower, None), HEAD) for _, tower, _ in SIGLIP_TOWERS):
+    heads = all(hasattr(getattr(model, tower, None), HEAD) for _, tower, _ in SIGLIP_TOWERS)
+    if heads and hasattr(model, "logit_bias"):
         return SIGLIP_TOWERS
     return None
 

@@ -2,7 +2,8 @@
 
 Models: `CLIPModel` and `VisionTextDualEncoderModel` (any vision encoder and text encoder joined
 by projections), loaded with AutoModel. Each tower has its own freeze plan and layer-wise lrs
-(engine/towers.py); `logit_scale` trains without weight decay. Inputs: tasks/clip_inputs.py.
+(engine/towers.py); `logit_scale` trains without weight decay. Inputs: tasks/clip_inputs.py. SigLIP and
+SigLIP2 are task siglip (tasks/siglip.py), this task with their own loss, captions and scores.
 
 Data: images with captions (`caption_column`), or labelled images whose captions come from
 `prompt_templates` ("a photo of a {label}."). With labels, every run reports zero-shot accuracy

@@ -42,14 +42,15 @@ if TYPE_CHECKING:
 SCRATCH_LOGIT_SCALE, SCRATCH_LOGIT_BIAS = math.log(10), -10.0
 # keys of task clip's inputs that do not fit SigLIP's -> why
 NOT_FOR_SIGLIP = {
-    "image_size": "it resamples the DINOv2 vision tower of a CLIP-style dual encoder; SigLIP keeps its checkpoint's size "
-                  "(for SigLIP2 NaFlex, `max_num_patches` sets the resolution)",
+    "image_size": "it resamples the DINOv2 vision tower of a CLIP-style dual encoder; SigLIP keeps its checkpoint's "
+                  "size (for SigLIP2 NaFlex, `max_num_patches` sets the resolution)",
     "max_length": "SigLIP pads every caption to its text tower's positions, as it was trained, and reads the text "
                   "embedding at the last one",
 }
 
 
-def sigmoid_loss(model, inputs: dict, scale: torch.Tensor, bias: torch.Tensor, gather: bool) -> tuple[torch.Tensor, object]:
+def sigmoid_loss(model, inputs: dict, scale: torch.Tensor, bias: torch.Tensor,
+                 gather: bool) -> tuple[torch.Tensor, object]:
     """SigLIP's sigmoid loss; same-label pairs are positives; optionally over the global batch's texts."""
     labels = inputs.pop("labels", None)
     outputs = model(**inputs)  # pixel_values (NaFlex: with its mask and grid shapes) and input_ids

@@ -126,7 +126,7 @@ def sentiment_csv(tmp_path_factory) -> Path:
 
 
 def write_recipe(path: Path, **values) -> Path:
-    """A recipe YAML with fast defaults for tests; values override them."""
+    """A recipe YAML with fast defaults for tests; values override them, and a value of None drops the key."""
     import yaml
 
     base = {
@@ -145,7 +145,7 @@ def write_recipe(path: Path, **values) -> Path:
         "use_cpu": True,
     }
     base.update(values)
-    path.write_text(yaml.safe_dump(base))
+    path.write_text(yaml.safe_dump({k: v for k, v in base.items() if v is not None}))
     return path
 
 
@@ -208,3 +208,19 @@ def tiny_clip(tmp_path_factory) -> Path:
     from helpers import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    """A tiny SiglipModel with its processor (helpers.make_tiny_siglip)."""
+    from helpers import make_tiny_siglip
+
+    return make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"), version=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2(tmp_path_factory) -> Path:
+    """A tiny NaFlex Siglip2Model with its processor (helpers.make_tiny_siglip)."""
+    from helpers import make_tiny_siglip
+
+    return make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip2"), version=2)

@@ -202,3 +202,50 @@ def make_tiny_dual(path: Path, projection_dim: int = 16, seed: int = 0) -> Path:
     VisionTextDualEncoderProcessor(image_processor=ViTImageProcessor(size={"height": 32, "width": 32}),
                                    tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def _siglip_tokenizer():
+    """A word-level tokenizer over CLIP_WORDS that lowercases and ends each caption with `</s>`, SigLIP's end token
+    (which is also its padding, as in Google's checkpoints); a fast tokenizer, so no sentencepiece is needed."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(CLIP_WORDS + [".", ","])}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
+                                   model_max_length=16)
+
+
+def make_tiny_siglip(path: Path, version: int = 1, seed: int = 0) -> Path:
+    """A SiglipModel (version 1) or a NaFlex Siglip2Model (version 2) with 2-block towers of width 32, 16 text
+    positions, 32 px images in 8 px patches (NaFlex: up to 16 patches), the attention-pooling vision head, and
+    SigLIP's initial temperature and bias (log 10, -10); saved with its processor."""
+    import math
+
+    import torch
+    from transformers import (Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor, SiglipConfig,
+                              SiglipImageProcessor, SiglipModel, SiglipProcessor)
+
+    path = Path(path)
+    tokenizer = _siglip_tokenizer()
+    block = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=16, projection_size=32, pad_token_id=1,
+                bos_token_id=None, eos_token_id=1, **block)
+    torch.manual_seed(seed)
+    if version == 1:
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **block)))
+        processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                                    tokenizer=tokenizer)
+    else:
+        model = Siglip2Model(Siglip2Config(text_config=text, vision_config=dict(num_patches=16, patch_size=8, **block)))
+        processor = Siglip2Processor(image_processor=Siglip2ImageProcessor(patch_size=8, max_num_patches=16),
+                                     tokenizer=tokenizer)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10))
+        model.logit_bias.fill_(-10.0)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -164,7 +164,8 @@ def test_image_demo_recipe_plans(tmp_path, capsys):
     assert "layer.11" in table and "22,0" in table  # DINOv2-small: 12 blocks, 22.0M parameters
 
 
-CLIP_RECIPES = sorted((REPO / "recipes" / "clip").glob("*/*.yaml"))
+CLIP_RECIPES = sorted((REPO / "recipes" / "clip").glob("clip-*/*.yaml"))
+SIGLIP_RECIPES = sorted((REPO / "recipes" / "clip").glob("siglip*/*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,9 @@ def tiny_clip_and_images(tmp_path_factory, tiny_clip) -> tuple[Path, Path]:
 def test_clip_recipe_set_is_complete():
     assert {(p.parent.name, p.name) for p in CLIP_RECIPES} == {
         ("clip-vit-base-patch32", f"{mode}.yaml") for mode in ("contrastive", "zero-shot", "linear-probe")}
+    assert {(p.parent.name, p.name) for p in SIGLIP_RECIPES} == {
+        ("siglip-base-patch16-224", "contrastive.yaml"), ("siglip-base-patch16-224", "zero-shot.yaml"),
+        ("siglip2-base-patch16-224", "contrastive.yaml"), ("siglip2-base-patch16-naflex", "contrastive.yaml")}
 
 
 def _clip_overrides(tiny_clip_and_images, out: Path) -> list[str]:
@@ -220,6 +224,30 @@ def test_clip_recipe_plans(recipe, tiny_clip_and_images, tmp_path, capsys):
             assert rows[f"{tower}.head"][1] == pytest.approx(lr, rel=1e-2)
         assert rows["logit_scale"][1] == pytest.approx(lr, rel=1e-2)
     assert (tmp_path / "plan" / "plan.md").is_file()
+
+
+@pytest.mark.parametrize("recipe", SIGLIP_RECIPES, ids=_rel)
+def test_siglip_recipe_plans(recipe, tiny_clip_and_images, tiny_siglip, tiny_siglip2, tmp_path, capsys):
+    """Planned with the tiny SiglipModel (fixed resolution) or the tiny NaFlex Siglip2Model in place of the Hub one."""
+    _check_commands(recipe)
+    values = yaml.safe_load(recipe.read_text())
+    assert values["task"] == "siglip" and values["model_name_or_path"] == f"google/{recipe.parent.name}"
+    assert values["clip_mode"] == recipe.stem.replace("-", "_") and values["output_dir"].startswith("runs/clip/")
+    naflex = "naflex" in recipe.parent.name
+    assert ("max_num_patches" in values) == naflex
+    overrides = _clip_overrides(tiny_clip_and_images, tmp_path / "plan")
+    overrides[1] = str(tiny_siglip2 if naflex else tiny_siglip)
+    assert main(["plan", str(recipe), *overrides, *(["--max_num_patches", "16"] if naflex else [])]) == 0
+    rows = _plan_states(capsys.readouterr().out)
+    groups = [f"{t}.{g}" for t in ("text", "vision") for g in ("embeddings", "layer.0", "layer.1", "head")]
+    assert list(rows) == groups + ["logit_scale_bias"]
+    if values["clip_mode"] == "contrastive":
+        lr, decay = values["learning_rate"], values["layer_decay"]
+        assert all(state == "trainable" for state, _ in rows.values())
+        for tower in ("text", "vision"):
+            assert rows[f"{tower}.embeddings"][1] == pytest.approx(lr * decay**2, rel=1e-2)
+            assert rows[f"{tower}.head"][1] == pytest.approx(lr, rel=1e-2)
+        assert rows["logit_scale_bias"][1] == pytest.approx(lr, rel=1e-2)
 
 
 def _test_embeddings(model_dir: Path, images: Path):

@@ -68,7 +68,8 @@ class LinearProbeMode(ZeroShotMode):
         for split, ds in features.items():
             print(f"hftl: cached {len(ds)} {split} image embeddings of size {ds[0]['features'].shape[-1]} (the towers "
                   "run once).")
-        classes = class_embeddings(model, run.loaded.processor.tokenizer, names, clip.templates(config), args.device).cpu()
+        classes = class_embeddings(model, run.loaded.processor.tokenizer, names, clip.templates(config), args.device,
+                                   tokenize=run.task.captions(run.loaded)).cpu()
         split = clip.eval_split(inputs.datasets)
         held = features[split][:]  # every row at once, as tensors
         predicted = (held["features"] @ classes.T).argmax(-1)

@@ -82,12 +82,15 @@ class DataArgs:
                                             "to 432 MB).")
     image_size: int | None = key(None, "Side of the model's input in pixels, up to twice the checkpoint's own; unset: "
                                        "its processor decides. ViT/DeiT position tables are resampled once.")
+    max_num_patches: int | None = key(None, "SigLIP2 NaFlex (task siglip): patches per image, its resolution budget "
+                                            "(256 = 16x16 of 16 px); unset: the checkpoint's processor.")
     augment: bool = key(True, "Training images get a random resized crop (and flip); eval images never change.")
     crop_min_scale: float = key(0.08, "Smallest area fraction a random crop keeps, in (0, 1]: 0.08 is "
                                       "ImageNet-style; raise it for small objects; 1 turns crops off.")
     hflip: bool = key(True, "Random horizontal flip in training; turn off where left and right differ (digits, text).")
-    caption_column: str = key("caption", "CLIP: the caption of each image; without it, captions come from labels.")
-    prompt_templates: list[str] = key([], "CLIP: templates that turn a label into a caption, each with `{label}`; "
+    caption_column: str = key("caption", "CLIP/SigLIP: the caption of each image; without it, captions come from "
+                                         "labels.")
+    prompt_templates: list[str] = key([], "CLIP/SigLIP: templates that turn a label into a caption, each with `{label}`; "
                                           "empty: `a photo of a {label}.`")
     bad_images: BadImages = key("error", "Every image is decoded once before training: `error` names the first "
                                          "unreadable file, `skip` drops and counts them.")
@@ -135,10 +138,10 @@ class TransferArgs:
     early_stopping_patience: int = key(0, "Stop after N evaluations without improvement of metric_for_best_model "
                                           "(0: off; needs load_best_model_at_end).")
     early_stopping_threshold: float = key(0.0, "The least change that counts as an improvement.")
-    clip_mode: ClipMode = key("contrastive", "Task clip: contrastive fine-tuning, zero_shot (evaluate only) or "
+    clip_mode: ClipMode = key("contrastive", "Tasks clip and siglip: contrastive fine-tuning, zero_shot (evaluate only) or "
                                              "linear_probe (frozen towers, cached embeddings).")
-    gather_features: bool = key(True, "CLIP under DDP: contrast against the whole global batch, features gathered "
-                                      "across ranks with their gradients.")
+    gather_features: bool = key(True, "CLIP/SigLIP under DDP: contrast against the whole global batch, features "
+                                      "gathered across ranks with their gradients.")
     text_strategy: TowerStrategy | None = key(None, "Dual encoders: the text tower's strategy; unset: `strategy`.")
     vision_strategy: TowerStrategy | None = key(None, "Dual encoders: the vision tower's strategy; unset: `strategy`.")
     text_unfrozen_groups: int | None = key(None, "Dual encoders; unset: `unfrozen_groups`.")

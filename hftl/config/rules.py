@@ -91,6 +91,7 @@ NEEDS = {
     "replay_data": ("replay", "replay learns source data through the task's own loading"),
     "head_warmup_epochs": ("phases", "phases unfreeze a single tower's layer groups"),
     "unfreeze_every": ("phases", "phases unfreeze a single tower's layer groups"),
+    "max_num_patches": ("naflex", "it sizes SigLIP2 NaFlex image inputs, patch sequences of their own aspect ratio"),
 }
 TOWER_KEYS = frozenset({"clip_mode", "gather_features"} | {
     f"{tower}_{k}" for tower in ("text", "vision") for k in ("strategy", "unfrozen_groups", "learning_rate", "layer_decay")

@@ -113,9 +113,13 @@ class Preprocess:
     def train_image(self, image: Image.Image) -> Image.Image:
         """Random resized crop (area fraction in [crop_min_scale, 1], aspect 3/4..4/3), then maybe a flip."""
         h_out, w_out = self.side
+        return self.maybe_flip(image.resize((w_out, h_out), resample=self.resample, box=self.crop_box(image)))
+
+    def crop_box(self, image: Image.Image) -> tuple[int, int, int, int]:
+        """A random crop's (left, top, right, bottom): area fraction in [crop_min_scale, 1], aspect 3/4..4/3; the
+        whole image when ten draws find none that fits (or crop_min_scale is 1)."""
         width, height = image.size
         area = width * height
-        box = None
         for _ in range(10 if self.crop_min_scale < 1 else 0):  # crop_min_scale 1: the whole image, only resized
             target = area * float(torch.empty(1).uniform_(self.crop_min_scale, 1.0))
             aspect = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3))))
@@ -124,11 +128,10 @@ class Preprocess:
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, (1,)))
                 left = int(torch.randint(0, width - w + 1, (1,)))
-                box = (left, top, left + w, top + h)
-                break
-        if box is None:  # fall back to the whole image
-            box = (0, 0, width, height)
-        image = image.resize((w_out, h_out), resample=self.resample, box=box)
+                return (left, top, left + w, top + h)
+        return (0, 0, width, height)
+
+    def maybe_flip(self, image: Image.Image) -> Image.Image:
         if self.hflip and float(torch.rand(1)) < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image
@@ -138,15 +141,23 @@ class Preprocess:
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy((array * self.scale - self.mean) / self.std)
 
-    def pixels(self, value, train: bool) -> torch.Tensor:
-        """A stored image (path, bytes or PIL) -> the model's input tensor; augmented when `train`."""
+    def decoded(self, value) -> Image.Image:
+        """A stored image (path, bytes or PIL) in the model's colour mode; an unreadable one is named."""
         try:
-            image = decode(value, self.mode, self.max_pixels)
+            return decode(value, self.mode, self.max_pixels)
         except Exception as err:  # PIL raises many types for unreadable data
             raise HftlError(
                 f"Image {describe(value)} cannot be read ({err}). Fix or remove it, or pass `--bad_images skip`."
             ) from None
+
+    def pixels(self, value, train: bool) -> torch.Tensor:
+        """A stored image (path, bytes or PIL) -> the model's input tensor; augmented when `train`."""
+        image = self.decoded(value)
         return self.to_tensor(self.train_image(image) if train else self.eval_image(image))
+
+    def image_inputs(self, values: list, train: bool) -> dict[str, list]:
+        """The vision tower's inputs of a batch of stored images, one list per model input."""
+        return {"pixel_values": [self.pixels(value, train) for value in values]}
 
     def transform(self, column: str, train: bool):
         """A `with_transform` function: stored images -> `pixel_values` (and `labels`)."""

@@ -36,7 +36,15 @@ SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2), MPNet and 
 HEAD = "head"
 EMBEDDINGS = "embeddings"
 LOGIT_SCALE = "logit_scale"
+LOGIT_SCALE_BIAS = "logit_scale_bias"  # SigLIP: temperature and bias of the sigmoid loss, one group
+LOGIT_GROUPS = (LOGIT_SCALE, LOGIT_SCALE_BIAS)
+LOGIT_PARAMS = ("logit_scale", "logit_bias")
+# (short name, tower attribute, projection beside the tower or None where the tower ends in its own `head`)
 TOWERS = (("text", "text_model", "text_projection"), ("vision", "vision_model", "visual_projection"))
+SIGLIP_TOWERS = (("text", "text_model", None), ("vision", "vision_model", None))
+DUAL_SUPPORTED = ("CLIP layout (CLIPModel, VisionTextDualEncoderModel: text_model and vision_model with "
+                  "text_projection and visual_projection beside them; task clip) and SigLIP layout (SiglipModel, "
+                  "Siglip2Model: each tower ends in its own `head`, with logit_scale and logit_bias; task siglip)")
 INPUT_SIDE_NORMS = ("pre_layrnorm", "pre_layernorm")  # CLIP's vision tower normalises embeddings before block 0
 
 
@@ -48,7 +56,7 @@ class LayerGroup:
     @property
     def is_head(self) -> bool:
         """The task head, a tower's head (`text.head`: final norm + projection) or the logit scale."""
-        return self.name == HEAD or self.name.endswith("." + HEAD) or self.name == LOGIT_SCALE
+        return self.name == HEAD or self.name.endswith("." + HEAD) or self.name in LOGIT_GROUPS
 
     @property
     def tower(self) -> str | None:
@@ -98,20 +106,50 @@ def _is_embedding(relative: str) -> bool:
     return any("embed" in part.lower() for part in relative.split(".")[:-1])
 
 
+def tower_layout(model: nn.Module) -> tuple | None:
+    """TOWERS for CLIP's layout (projections beside the towers: CLIPModel, VisionTextDualEncoderModel),
+    SIGLIP_TOWERS for SigLIP's (each tower ends in its own `head`, and a logit_bias), None otherwise."""
+    if all(hasattr(model, tower) and hasattr(model, proj) for _, tower, proj in TOWERS):
+        return TOWERS
+    heads = all(hasattr(getattr(model, tower, None), HEAD) for _, tower, _ in SIGLIP_TOWERS)
+    if heads and hasattr(model, "logit_bias"):
+        return SIGLIP_TOWERS
+    return None
+
+
 def is_dual_encoder(model: nn.Module) -> bool:
-    """CLIP-style: a text tower and a vision tower joined by projections (CLIPModel, VisionTextDualEncoderModel)."""
-    return all(hasattr(model, tower) and hasattr(model, proj) for _, tower, proj in TOWERS)
+    """A text tower and a vision tower whose embeddings are compared: CLIP's layout or SigLIP's."""
+    return tower_layout(model) is not None
+
+
+def looks_dual(model: nn.Module) -> bool:
+    """Two towers of some image-text family (ALIGN, FLAVA, a SigLIP without its vision head, ...)."""
+    towers = hasattr(model, "text_model") and (hasattr(model, "vision_model") or hasattr(model, "image_model"))
+    return towers or hasattr(model, "get_text_features") and hasattr(model, "get_image_features")
+
+
+def unmapped_dual_error(model: nn.Module) -> HftlError:
+    """One message for an image-text model hftl cannot group: its class, what hftl knows, the closest family."""
+    name = type(model).__name__
+    closest = "SigLIP (task siglip)" if hasattr(model, "logit_bias") else "CLIP (task clip)"
+    return HftlError(
+        f"`{name}` is an image-text dual encoder that hftl cannot map to layer groups: it knows the {DUAL_SUPPORTED}. "
+        f"The closest supported family is {closest}: use a checkpoint of that family."
+    )
 
 
 def tower_groups(model: nn.Module) -> list[LayerGroup]:
-    """Per tower [T.embeddings, T.layer.0 .. T.layer.N-1, T.head], text then vision, then `logit_scale`.
+    """Per tower [T.embeddings, T.layer.0 .. T.layer.N-1, T.head], text then vision, then `logit_scale`
+    (SigLIP: `logit_scale_bias`, the temperature and the bias).
 
     A tower's blocks are its largest list of identical modules; parameters named like embeddings
-    (and a pre-block norm) are its input side; the rest (final norm, pooler) and its projection
-    are its head. Every parameter is in exactly one group.
+    (and a pre-block norm) are its input side; the rest (final norm, pooler; SigLIP's text
+    projection and attention-pooling head) and its projection are its head. Every parameter is in
+    exactly one group.
     """
     groups: list[LayerGroup] = []
-    for short, attr, projection in TOWERS:
+    layout = tower_layout(model)
+    for short, attr, projection in layout:
         tower = getattr(model, attr)
         lists = _homogeneous_lists(tower)
         if not lists:
@@ -128,16 +166,16 @@ def tower_groups(model: nn.Module) -> list[LayerGroup]:
             else:
                 key = HEAD
             mine[key].params.append((f"{attr}.{name}", param))
-        for name, param in getattr(model, projection).named_parameters():
+        for name, param in getattr(model, projection).named_parameters() if projection else ():
             mine[HEAD].params.append((f"{projection}.{name}", param))
         groups += [g for g in mine.values() if g.params]
     seen = {n for g in groups for n, _ in g.params}
     rest = [(n, p) for n, p in model.named_parameters() if n not in seen]
-    extra = [n for n, _ in rest if n != LOGIT_SCALE]
+    extra = [n for n, _ in rest if n not in LOGIT_PARAMS]
     if extra:
         raise HftlError(f"Parameters outside both towers of `{type(model).__name__}`: {extra[:5]}; hftl cannot map them.")
-    if rest:
-        groups.append(LayerGroup(LOGIT_SCALE, rest))
+    if rest:  # CLIP: the temperature; SigLIP: the temperature and the bias of its sigmoid loss
+        groups.append(LayerGroup(LOGIT_SCALE if len(rest) == 1 else LOGIT_SCALE_BIAS, rest))
     return groups
 
 
@@ -146,6 +184,8 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     (per tower for dual encoders, see tower_groups)."""
     if is_dual_encoder(model):
         return tower_groups(model)
+    if looks_dual(model):
+        raise unmapped_dual_error(model)
     prefix, path, blocks = find_blocks(model)
     model_type = getattr(model.config, "model_type", "")
     container = path.rsplit(".", 1)[0] if "." in path else ""

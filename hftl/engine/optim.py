@@ -27,6 +27,8 @@ NO_DECAY_NAMES = frozenset(
         "register_tokens",
         "distillation_token",
         "logit_scale",
+        "logit_bias",  # SigLIP's sigmoid-loss bias
+        "probe",  # SigLIP's attention-pooling query: a learned token
     }
 )
 

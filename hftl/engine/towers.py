@@ -1,8 +1,9 @@
-"""Dual encoders (CLIP, VisionTextDualEncoder): a freeze plan and layer-wise lrs per tower.
+"""Dual encoders (CLIP, VisionTextDualEncoder, SigLIP): a freeze plan and layer-wise lrs per tower.
 
 Each tower is planned like a single encoder, from its own `TowerPlan` (strategy, unfrozen
-groups, the lr of its top block, layer_decay). A tower's head (final norm and projection) trains
-at `head_lr`, as a task head does. `logit_scale` trains at its own lr, without weight decay.
+groups, the lr of its top block, layer_decay). A tower's head (final norm and projection;
+SigLIP's attention-pooling head) trains at `head_lr`, as a task head does. `logit_scale` (with
+SigLIP's `logit_bias`) trains at its own lr, without weight decay.
 `freeze` patterns apply on top, over both towers (e.g. `^logit_scale$` to fix the temperature).
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hftl.engine.freeze import STRATEGIES, FreezePlan
-from hftl.engine.layers import LOGIT_SCALE, LayerGroup
+from hftl.engine.layers import LOGIT_GROUPS, LayerGroup
 from hftl.engine.optim import group_lrs
 
 TOWER_NAMES = ("text", "vision")
@@ -41,7 +42,7 @@ def tower_state(groups: list[LayerGroup], plans: Mapping[str, TowerPlan], head_l
         state.update(FreezePlan(plan.strategy, plan.unfrozen_groups, key=plan.key, scope=f"the {tower} tower").state(mine))
         lrs.update(group_lrs(mine, plan.learning_rate, plan.layer_decay, head_lr))
     for group in groups:
-        if group.name == LOGIT_SCALE:  # the temperature trains, without weight decay, unless a pattern freezes it
+        if group.name in LOGIT_GROUPS:  # temperature (and SigLIP's bias) train without weight decay unless frozen
             state.update({name: True for name, _ in group.params})
             lrs[group.name] = logit_scale_lr
     frozen = FreezePlan("full", patterns=tuple(freeze)).frozen_by_pattern(groups)

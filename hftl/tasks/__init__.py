@@ -21,6 +21,7 @@ TASKS = {  # name -> "module:class", imported on first use (a task's dependencie
     "text-classification": "hftl.tasks.text_classification:TextClassification",
     "image-classification": "hftl.tasks.image_classification:ImageClassification",
     "clip": "hftl.tasks.clip:Clip",
+    "siglip": "hftl.tasks.siglip:Siglip",
 }
 
 

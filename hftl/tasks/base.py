@@ -38,6 +38,7 @@ class Capabilities:
     zero_shot: bool = False  # zero-shot metrics before and after training; `hftl wise-ft`
     finished_runs: bool = False  # `hftl evaluate` and `hftl predict` read its saved run on new data
     towers: tuple[str, ...] = ()  # dual encoders: a freeze plan and lrs per tower (`text_*`, `vision_*` keys)
+    naflex: bool = False  # SigLIP2 NaFlex images: patch sequences of their own aspect ratio (`max_num_patches`)
     strategies: tuple[str, ...] = STRATEGIES
 
 

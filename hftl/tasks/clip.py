@@ -2,7 +2,8 @@
 
 Models: `CLIPModel` and `VisionTextDualEncoderModel` (any vision encoder and text encoder joined
 by projections), loaded with AutoModel. Each tower has its own freeze plan and layer-wise lrs
-(engine/towers.py); `logit_scale` trains without weight decay. Inputs: tasks/clip_inputs.py.
+(engine/towers.py); `logit_scale` trains without weight decay. Inputs: tasks/clip_inputs.py. SigLIP and
+SigLIP2 are task siglip (tasks/siglip.py), this task with their own loss, captions and scores.
 
 Data: images with captions (`caption_column`), or labelled images whose captions come from
 `prompt_templates` ("a photo of a {label}."). With labels, every run reports zero-shot accuracy
@@ -27,6 +28,7 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
+from hftl.engine import contrastive
 from hftl.engine.towers import TOWER_NAMES, TOWER_STRATEGIES, TowerPlan
 from hftl.engine.transfer import TransferPlan
 from hftl.errors import HftlError
@@ -58,18 +60,13 @@ def contrastive_loss(model, inputs: dict, scale: torch.Tensor, gather: bool) -> 
                     pixel_values=inputs["pixel_values"])
     image, text = outputs.image_embeds, outputs.text_embeds
     all_image, all_text, all_labels, offset = image, text, labels, 0
-    if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
-        import torch.distributed.nn.functional as dist_fn
-
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-        if world > 1:
-            all_image = torch.cat(dist_fn.all_gather(image))  # gradients flow back to the owning rank
-            all_text = torch.cat(dist_fn.all_gather(text))
-            if labels is not None:
-                gathered = [torch.empty_like(labels) for _ in range(world)]
-                torch.distributed.all_gather(gathered, labels)
-                all_labels = torch.cat(gathered)
-            offset = rank * image.shape[0]
+    world, rank = contrastive.world()
+    if gather and world > 1:
+        all_image = contrastive.gather_with_grad(image)  # gradients flow back to the owning rank
+        all_text = contrastive.gather_with_grad(text)
+        if labels is not None:
+            all_labels = contrastive.gather_plain(labels)
+        offset = rank * image.shape[0]
     scale = scale.exp().clamp(max=MAX_SCALE)
     logits_image = scale * image @ all_text.T  # local images against every text
     logits_text = scale * text @ all_image.T
@@ -80,8 +77,6 @@ def contrastive_loss(model, inputs: dict, scale: torch.Tensor, gather: bool) -> 
         targets = torch.arange(image.shape[0], device=image.device) + offset
     loss = (nn.functional.cross_entropy(logits_image, targets) + nn.functional.cross_entropy(logits_text, targets)) / 2
     return loss, outputs
-
-
 
 
 def tower_setting(config: RunConfig, tower: str, key: str):
@@ -111,6 +106,8 @@ class Clip(Task):
     required_training = {"remove_unused_columns": False}
 
     LINEAR_PROBE_NEEDS = {"prediction_loss_only": False, "label_names": ["labels"]}  # to score its classifier
+    sigmoid_scores = False  # zero-shot classes ranked by cosine (CLIP's softmax keeps that order)
+    head_words, logit_words = "projections", "logit_scale"  # the model card's names for them
 
     def required(self, config: RunConfig) -> dict:
         probe = self.LINEAR_PROBE_NEEDS if config.transfer.clip_mode == "linear_probe" else {}
@@ -118,7 +115,7 @@ class Clip(Task):
 
     def who(self, config: RunConfig) -> str:
         mode = config.transfer.clip_mode
-        return "task clip" if mode == "contrastive" else f"clip_mode {mode}"
+        return f"task {self.name}" if mode == "contrastive" else f"clip_mode {mode}"
 
     def why_required(self, key: str) -> str:
         if key in self.LINEAR_PROBE_NEEDS:
@@ -154,7 +151,7 @@ class Clip(Task):
             if unfrozen is not None and unfrozen < 0:
                 raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
         if config.data.label_separator:
-            raise HftlError("task clip takes one label per image (a caption per class): drop label_separator.")
+            raise HftlError(f"task {self.name} takes one label per image (a caption per class): drop label_separator.")
         for template in config.data.prompt_templates:
             if "{label}" not in template:
                 raise HftlError(f"prompt template `{template}` has no `{{label}}`: each template must name the class, "
@@ -179,6 +176,10 @@ class Clip(Task):
 
     def collator(self, loaded: Loaded):
         return clip_inputs.collator(loaded.processor)
+
+    def captions(self, loaded: Loaded):
+        """How zero-shot prompts become text-tower inputs; None: the tokenizer, padded per batch (CLIP)."""
+        return None
 
     def plan(self, config: RunConfig, model) -> TransferPlan:
         """A plan per tower; `logit_scale` at `learning_rate`, without weight decay."""
@@ -208,7 +209,8 @@ class Clip(Task):
             if split in encoded:
                 out[f"zero_shot_{split}_accuracy"] = zero_shot_accuracy(
                     loaded.model, loaded.processor, encoded[split], loaded.labels.names, templates(config), device,
-                    config.training.per_device_eval_batch_size)
+                    config.training.per_device_eval_batch_size, tokenize=self.captions(loaded),
+                    sigmoid=self.sigmoid_scores)
         return out
 
     def describe_inputs(self, config: RunConfig) -> str:
@@ -229,7 +231,7 @@ class Clip(Task):
             top = f" (top {plan.unfrozen_groups})" if plan.strategy == "partial" else ""
             parts.append(f"{tower} tower {plan.strategy}{top}, top block {plan.learning_rate:g}, layer_decay "
                          f"{plan.layer_decay:g}")
-        return f"{'; '.join(parts)}; projections {head:g}; logit_scale {lr:g} (mode {t.clip_mode})"
+        return f"{'; '.join(parts)}; {self.head_words} {head:g}; {self.logit_words} {lr:g} (mode {t.clip_mode})"
 
 
 def eval_split(encoded: DatasetDict) -> str:

@@ -16,11 +16,12 @@ from datasets import DatasetDict
 from hftl.data import images
 from hftl.data.preprocess import Preprocess, check_size_ceiling
 from hftl.data.sources import load_splits
-from hftl.engine.layers import is_dual_encoder
+from hftl.engine.layers import SIGLIP_TOWERS, TOWERS, looks_dual, tower_layout, unmapped_dual_error
 from hftl.errors import HftlError
 from hftl.tasks import checkpoints
 from hftl.tasks.base import Loaded
 from hftl.tasks.classification import Labels, labelled
+from hftl.tasks.zero_shot import image_batch
 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
@@ -87,22 +88,18 @@ def _check_captions(raw: DatasetDict, column: str, image_column: str) -> None:
 # ---------------------------------------------------------------- model
 
 
-def build_model(config: RunConfig, labels: Labels) -> Loaded:
-    from transformers import AutoModel, AutoProcessor
+# tower layout (engine/layers.py) -> (its classes, the checkpoints to name, the task that trains it)
+LAYOUTS = {
+    TOWERS: ("CLIPModel or VisionTextDualEncoderModel",
+             "a CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small",
+             ("clip", "its softmax loss")),
+    SIGLIP_TOWERS: ("SiglipModel or Siglip2Model", "a SigLIP or SigLIP2 checkpoint with its processor",
+                    ("siglip", "its sigmoid loss and fixed-length captions")),
+}
 
-    model, processor = checkpoints.load(
-        config, AutoModel, AutoProcessor, what="dual encoder",
-        expected="a CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small",
-    )
-    if not is_dual_encoder(model):
-        raise HftlError(
-            f"task clip needs a dual encoder (CLIPModel or VisionTextDualEncoderModel); `{config.model.model_name_or_path}` "
-            f"loads as {type(model).__name__}. Use task image-classification or text-classification for it."
-        )
-    image_processor = getattr(processor, "image_processor", None)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if image_processor is None or tokenizer is None:
-        raise HftlError(f"`{config.model.model_name_or_path}` has no image processor and tokenizer pair (a CLIP processor).")
+
+def build_model(config: RunConfig, labels: Labels, layout: tuple = TOWERS) -> Loaded:
+    model, processor = load_dual(config, layout)
     vision_type = getattr(getattr(model.config, "vision_config", None), "model_type", "")
     if config.data.image_size and vision_type != "dinov2":
         raise HftlError(
@@ -111,7 +108,30 @@ def build_model(config: RunConfig, labels: Labels) -> Loaded:
     if config.data.image_size:
         check_size_ceiling(config.data.image_size, getattr(model.config.vision_config, "image_size", None),
                            f"{type(model).__name__}'s vision tower")
-    return Loaded(model, processor, labels, Preprocess(image_processor, config.data))
+    return Loaded(model, processor, labels, Preprocess(processor.image_processor, config.data))
+
+
+def load_dual(config: RunConfig, layout: tuple):
+    """(model, processor) of a dual encoder whose towers have `layout`, with an image processor and a tokenizer;
+    a checkpoint of the other layout is refused with the task that trains it."""
+    from transformers import AutoModel, AutoProcessor
+
+    classes, expected, _ = LAYOUTS[layout]
+    task, name = config.transfer.task, config.model.model_name_or_path
+    model, processor = checkpoints.load(config, AutoModel, AutoProcessor, what="dual encoder", expected=expected)
+    found = tower_layout(model)
+    if found is None and looks_dual(model):
+        raise unmapped_dual_error(model)
+    if found is None:
+        raise HftlError(f"task {task} needs a dual encoder ({classes}); `{name}` loads as {type(model).__name__}. Use "
+                        "task image-classification or text-classification for it.")
+    if found is not layout:
+        other, why = LAYOUTS[found][2]
+        raise HftlError(f"`{name}` loads as {type(model).__name__}, which task {task} does not train: set "
+                        f"`task: {other}` ({why}).")
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise HftlError(f"`{name}` has no image processor and tokenizer pair (a CLIP processor).")
+    return model, processor
 
 
 # ---------------------------------------------------------------- encoding
@@ -135,7 +155,7 @@ def encode(config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
 
 def _transform(preprocess, image_column, caption_column, names, prompts, augment, random_prompt):
     def apply(batch: dict) -> dict:
-        out = {"pixel_values": [preprocess.pixels(value, augment) for value in batch[image_column]]}
+        out = preprocess.image_inputs(batch[image_column], augment)
         if caption_column is not None:
             out["caption"] = [str(c) for c in batch[caption_column]]
         else:
@@ -149,21 +169,34 @@ def _transform(preprocess, image_column, caption_column, names, prompts, augment
     return apply
 
 
+class CaptionTokens:
+    """Captions -> text-tower inputs. CLIP: padded per batch, with an attention mask. `fixed` (SigLIP): padded to
+    `max_length`, the tower's positions, without a mask, as SigLIP was trained: its text embedding is read at the
+    last position, so a caption padded otherwise would be read somewhere else."""
+
+    def __init__(self, tokenizer, max_length: int, fixed: bool = False):
+        self.tokenizer, self.max_length, self.fixed = tokenizer, max_length, fixed
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.fixed:
+            ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")["input_ids"]
+            return {"input_ids": ids}
+        text = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
+
+
 class Collator:
     """Stack images, tokenise and pad captions, keep labels (same-label positives, zero-shot).
 
     Caption-only data gets a stable id per caption text as its `labels`, so two images with the
     same caption in a batch are positives of each other, not negatives (crc32: equal on every rank)."""
 
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+    def __init__(self, tokens: CaptionTokens):
+        self.tokens = tokens
 
     def __call__(self, rows: list[dict]) -> dict:
-        text = self.tokenizer([r["caption"] for r in rows], padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
-        batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows]), "input_ids": text["input_ids"],
-                 "attention_mask": text["attention_mask"]}
+        batch = {**image_batch(rows), **self.tokens([r["caption"] for r in rows])}
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows])
         else:
@@ -173,4 +206,4 @@ class Collator:
 
 def collator(processor):
     limit = getattr(processor.tokenizer, "model_max_length", None)
-    return Collator(processor.tokenizer, limit if limit and limit < 10**6 else 77)  # CLIP: 77 positions
+    return Collator(CaptionTokens(processor.tokenizer, limit if limit and limit < 10**6 else 77))  # CLIP: 77 positions

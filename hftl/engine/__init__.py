@@ -5,6 +5,6 @@ functions take plain values (or a small typed spec of their own), so any trainin
 use them. Modules: `layers` (ordered layer groups), `towers` (per-tower plans of dual
 encoders), `freeze` (FreezePlan), `optim` (param groups with explicit lrs), `phases` (LP-FT
 and gradual unfreezing), `plan` (the table, CSV and chart), `transfer` (TransferPlan, the
-public plan object), `features` (cached backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `preflight` (output folder,
-resume, integrations) and `trainer` (TransferTrainer).
+public plan object), `features` (cached backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `precision` (precisions known to
+break a family), `preflight` (output folder, resume, integrations) and `trainer` (TransferTrainer).
 """

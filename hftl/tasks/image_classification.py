@@ -42,7 +42,7 @@ class ImageClassification(ClassificationTask):
     def why_required(self, key: str) -> str:
         return "images are decoded on the fly from the image column, which the Trainer would otherwise drop"
 
-    def cache_blockers(self, config: RunConfig) -> list[str]:
+    def cache_blockers(self, config: RunConfig, model=None) -> list[str]:
         return ["training images are augmented (set `augment: false` to cache)"] if config.data.augment else []
 
     def cache_tokens(self, model) -> str:

@@ -236,6 +236,16 @@ def test_cached_features_give_the_whole_models_logits(kind, tiny):
     assert torch.allclose(cached, whole, atol=1e-5), (cached, whole)
 
 
+def test_mean_pooling_of_feature_maps_is_the_cnn_heads(tiny):
+    """hftl's pooled features outside the head (advise's probe, EWC's Fisher) of a CNN: its own global pooling."""
+    from hftl.engine.pooling import masked_mean
+
+    model = _model("resnet", tiny["resnet"]).eval()
+    with torch.no_grad():
+        out = model.resnet(pixel_values=torch.randn(2, 3, 32, 32))
+    assert torch.allclose(masked_mean(out.last_hidden_state, None), out.pooler_output.flatten(1), atol=1e-6)
+
+
 # ---------------------------------------------------------------- 3. ModernBERT's pooling, precision
 
 

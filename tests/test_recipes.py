@@ -64,6 +64,12 @@ def test_recipe_set_is_complete():
             assert (model, f"{strategy}.yaml") in names
 
 
+@pytest.fixture
+def no_chart(monkeypatch):
+    """The recipe tests read the printed plan; drawing its chart (half of each `hftl plan`) is tested elsewhere."""
+    monkeypatch.setattr("hftl.engine.plan.chart", lambda rows, path, title: None)
+
+
 def _check_commands(recipe: Path) -> None:
     """DESIGN rule 9: the first lines are the exact commands that run the recipe, on one device and with accelerate."""
     lines = recipe.read_text().splitlines()
@@ -74,7 +80,7 @@ def _check_commands(recipe: Path) -> None:
 
 
 @pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=_rel)
-def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
+def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys, no_chart):
     _check_commands(recipe)
 
     values = yaml.safe_load(recipe.read_text())
@@ -167,7 +173,7 @@ def test_image_recipe_set_is_complete():
 
 
 @pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=_rel)
-def test_image_recipe_plans(recipe, tiny_vit12, tiny_cnns, tmp_path, capsys):
+def test_image_recipe_plans(recipe, tiny_vit12, tiny_cnns, tmp_path, capsys, no_chart):
     _check_commands(recipe)
     values = yaml.safe_load(recipe.read_text())
     kind, hub_id = IMAGE_MODELS[recipe.parent.name]

@@ -3,7 +3,8 @@
 A plan is computed from the groups alone and applied by setting `requires_grad` on every
 parameter, so applying it twice gives the same state (idempotent) and the result never depends
 on what an earlier plan did. Frozen parameters need no gradient, so autograd skips the backward
-pass below the lowest trainable group.
+pass below the lowest trainable group. Frozen modules run in eval mode (`set_frozen_eval`): always
+for BatchNorm, so frozen stages keep their pre-trained running statistics; for the rest with `eval_frozen`.
 """
 
 from __future__ import annotations

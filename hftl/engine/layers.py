@@ -135,8 +135,7 @@ def closest_family(model: nn.Module) -> str:
         family = "ResNet" if convolutional else "ViT"
     else:
         family = "BERT"
-    return (f"The closest supported family is {family}: a model of its structure (embeddings, a list of "
-            f"identical blocks, a head) maps, or pass your own groups rule (hftl.TransferPlan.build(model, groups=...)).")
+    return f"The closest supported family is {family}: a model of its structure (input side, a list of blocks, a head) maps."
 
 
 def _forward_args(model: nn.Module) -> list[str]:

@@ -1,11 +1,11 @@
-"""Image classification: ViT, DeiT, DINOv2 and models of the same structure.
+"""Image classification: ViT, DeiT, DINOv2, the CNNs ResNet, ConvNeXt and EfficientNet, and their kin.
 
 The model loads with AutoModelForImageClassification and a new head sized to the label set
 (`ignore_mismatched_sizes`, so a checkpoint with its own head gets a fresh one). Images are
 decoded, augmented (training only) and normalised on the fly as the checkpoint's image processor
 would; see data/preprocess.py. Layer groups: patch and position embeddings with the cls token (no
-weight decay for tokens and positions), one group per encoder block, and the final norm with the
-classifier as the head.
+weight decay for tokens and positions), one group per encoder block (a CNN's stage), and the final norm
+with the classifier as the head.
 """
 
 from __future__ import annotations

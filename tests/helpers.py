@@ -249,3 +249,69 @@ def make_tiny_siglip(path: Path, version: int = 1, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------- tiny checkpoints of the other families
+
+IMAGE_FAMILIES = ("resnet", "convnext", "efficientnet")
+TEXT_FAMILIES = ("modernbert", "deberta-v3")
+
+
+def make_tiny_cnn(kind: str, path: Path, stages: int = 4) -> Path:
+    """A tiny ResNet, ConvNeXt (one block per stage, widths 8-32) or EfficientNet (7 stages, 10 blocks) with its
+    image processor as the Hub checkpoints ship it: ConvNeXt's processor (crop_pct) for ResNet and ConvNeXt,
+    EfficientNet's own (include_top) for EfficientNet; 32 px inputs."""
+    import torch
+    from transformers import (ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor, EfficientNetConfig,
+                              EfficientNetForImageClassification, EfficientNetImageProcessor, ResNetConfig,
+                              ResNetForImageClassification)
+
+    torch.manual_seed(0)
+    widths, depths = [8, 16, 16, 32][:stages], [1] * stages
+    if kind == "resnet":  # the bottleneck layout of ResNet-50
+        model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=widths, depths=depths,
+                                                          layer_type="bottleneck", num_labels=3))
+    elif kind == "convnext":
+        model = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=widths, depths=depths, num_labels=3))
+    elif kind == "efficientnet":  # width 0.25 of B0 (top conv: 320 channels), half its depth: stages of 1-2 blocks
+        model = EfficientNetForImageClassification(EfficientNetConfig(image_size=32, width_coefficient=0.25,
+                                                                      depth_coefficient=0.5, hidden_dim=320,
+                                                                      num_labels=3))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(path)
+    if kind == "efficientnet":
+        EfficientNetImageProcessor(size={"height": 32, "width": 32}, include_top=True).save_pretrained(path)
+    else:
+        ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(path)
+    return Path(path)
+
+
+def make_tiny_text(kind: str, path: Path, tokenizer_dir: Path, layers: int = 2) -> Path:
+    """A tiny ModernBERT (`classifier_pooling` mean, as ModernBERT-base ships) or DeBERTa-v3-style DeBERTa-v2
+    (relative attention, no absolute positions, log buckets, shared keys) encoder, with the tokenizer files of
+    `tokenizer_dir` (a tiny BERT's)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer, DebertaV2Config, ModernBertConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64)
+    if kind == "modernbert":
+        config = ModernBertConfig(**common, **ids, bos_token_id=ids["cls_token_id"], eos_token_id=ids["sep_token_id"],
+                                  classifier_pooling="mean", global_attn_every_n_layers=2, local_attention=16)
+    elif kind == "deberta-v3":
+        config = DebertaV2Config(**common, pad_token_id=ids["pad_token_id"], relative_attention=True,
+                                 position_biased_input=False, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                                 share_att_key=True, position_buckets=8, max_relative_positions=-1)
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    for item in Path(tokenizer_dir).iterdir():
+        if item.name not in ("config.json", "model.safetensors"):
+            shutil.copy(item, Path(path) / item.name)
+    return Path(path)

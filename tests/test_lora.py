@@ -85,7 +85,7 @@ def test_lora_merged_folder_is_a_plain_model(lora_recipe, tmp_path):
 def test_lora_targets_that_match_nothing_list_candidates(lora_recipe, capsys):
     assert main(["plan", lora_recipe(), "--lora_target_modules", "q_proj"]) == 2
     err = capsys.readouterr().err
-    assert "match no linear layer" in err and "query" in err and "value" in err
+    assert "match no linear or convolution layer" in err and "query" in err and "value" in err
 
 
 def test_lora_on_a_vit_trains_adapters_and_reloads(tmp_path):

@@ -1,8 +1,8 @@
 """The shipped recipes and accelerate configs stay valid: every key known, every command comment right.
 
 The real recipes name Hub models and datasets that tests cannot download, so each is planned with
-a tiny 12-layer model of the same family and a local CSV in their place (`--model_name_or_path`,
-`--dataset` overrides); every other key is the recipe's own.
+a tiny model of the same family (12 blocks; a CNN's 4 stages) and a local CSV or image folder in their
+place (`--model_name_or_path`, `--dataset` overrides); every other key is the recipe's own.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import make_tiny_model, sentiment_rows, write_csv
-from helpers import write_folder
+from helpers import make_tiny_cnn, make_tiny_text, write_folder
 from hftl.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,34 +25,49 @@ def _rel(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
-def _check_plan(table: str, values: dict) -> None:
-    """The printed plan trains what the recipe's strategy says, for a 12-block model."""
+def _check_plan(table: str, values: dict, blocks: int = 12) -> None:
+    """The printed plan trains what the recipe's strategy says, for a model of `blocks` blocks (or stages)."""
     states = {line.split()[0]: line.split()[2] for line in table.splitlines() if line.startswith(("embeddings", "layer.", "head"))}
+    assert list(states) == ["embeddings", *(f"layer.{i}" for i in range(blocks)), "head"]
     if values["strategy"] == "lora":  # adapters in every block, the head's trained copy: all partly trainable
         assert states["embeddings"] == "frozen"
         assert all(s == "partly" for g, s in states.items() if g != "embeddings")
         return
-    expected_trainable = {
-        "feature_extraction": {"head"},
-        "partial": {"layer.8", "layer.9", "layer.10", "layer.11", "head"},
-        "full": set(states),
-    }[values["strategy"]]
+    top = {f"layer.{i}" for i in range(blocks - values.get("unfrozen_groups", 0), blocks)}
+    expected_trainable = {"feature_extraction": {"head"}, "partial": top | {"head"}, "full": set(states)}[values["strategy"]]
     assert {g for g, s in states.items() if s == "trainable"} == expected_trainable
-    if values.get("unfreeze_every"):
-        assert "phase 13 from epoch 7: +embeddings" in table
+    if values.get("unfreeze_every"):  # the embeddings join last: one phase per backbone group after the head's
+        last = values["head_warmup_epochs"] + blocks * values["unfreeze_every"]
+        assert f"phase {blocks + 1} from epoch {last:g}: +embeddings" in table
+
+
+# recipe folder -> (tiny family standing in for it, the Hub id the recipe names)
+TEXT_MODELS = {"bert-base-uncased": ("bert", "bert-base-uncased"), "roberta-base": ("roberta", "roberta-base"),
+               "modernbert-base": ("modernbert", "answerdotai/ModernBERT-base"),
+               "deberta-v3-base": ("deberta-v3", "microsoft/deberta-v3-base")}
 
 
 @pytest.fixture(scope="module")
 def tiny12(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny12")
-    return {kind: make_tiny_model(kind, root / kind, layers=12) for kind in ("bert", "roberta")}
+    tiny = {kind: make_tiny_model(kind, root / kind, layers=12) for kind in ("bert", "roberta")}
+    tiny.update({kind: make_tiny_text(kind, root / kind, tiny["bert"], layers=12) for kind in ("modernbert", "deberta-v3")})
+    return tiny
 
 
 def test_recipe_set_is_complete():
     names = {(p.parent.name, p.name) for p in TEXT_RECIPES}
-    for model in ("bert-base-uncased", "roberta-base"):
-        for strategy in ("feature-extraction", "partial", "full", "gradual", "lora"):
+    assert {p.parent.name for p in TEXT_RECIPES} == set(TEXT_MODELS)
+    for model in TEXT_MODELS:
+        gradual = ("gradual",) if model in ("bert-base-uncased", "roberta-base") else ()
+        for strategy in ("feature-extraction", "partial", "full", "lora", *gradual):
             assert (model, f"{strategy}.yaml") in names
+
+
+@pytest.fixture
+def no_chart(monkeypatch):
+    """The recipe tests read the printed plan; drawing its chart (half of each `hftl plan`) is tested elsewhere."""
+    monkeypatch.setattr("hftl.engine.plan.chart", lambda rows, path, title: None)
 
 
 def _check_commands(recipe: Path) -> None:
@@ -65,13 +80,13 @@ def _check_commands(recipe: Path) -> None:
 
 
 @pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=_rel)
-def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys):
+def test_text_recipe_plans(recipe, tiny12, tmp_path, capsys, no_chart):
     _check_commands(recipe)
 
     values = yaml.safe_load(recipe.read_text())
-    assert values["model_name_or_path"] == recipe.parent.name  # a real Hub id
+    kind, hub_id = TEXT_MODELS[recipe.parent.name]
+    assert values["model_name_or_path"] == hub_id  # a real Hub id
     assert values["output_dir"].startswith("runs/")
-    kind = "roberta" if "roberta" in recipe.parent.name else "bert"
     data = write_csv(tmp_path / "data.csv", sentiment_rows(40))
     overrides = [
         "--model_name_or_path", str(tiny12[kind]), "--dataset", str(data),
@@ -137,21 +152,37 @@ def tiny_vit12(tmp_path_factory) -> tuple[Path, Path]:
     return root / "model", root / "images"
 
 
+# recipe folder -> (tiny family standing in for it, the Hub id the recipe names)
+IMAGE_MODELS = {"vit-base-patch16-224-in21k": ("vit", "google/vit-base-patch16-224-in21k"),
+                "resnet-50": ("resnet", "microsoft/resnet-50"), "convnext-tiny-224": ("convnext", "facebook/convnext-tiny-224")}
+
+
+@pytest.fixture(scope="module")
+def tiny_cnns(tmp_path_factory) -> dict[str, Path]:
+    """A tiny ResNet and ConvNeXt of 4 stages (as ResNet-50 and ConvNeXt-T have) with their processors."""
+    root = tmp_path_factory.mktemp("tiny_cnns")
+    return {kind: make_tiny_cnn(kind, root / kind) for kind in ("resnet", "convnext")}
+
+
 def test_image_recipe_set_is_complete():
     names = {(p.parent.name, p.name) for p in IMAGE_RECIPES}
-    for strategy in ("feature-extraction", "partial", "full", "gradual", "lora"):
-        assert ("vit-base-patch16-224-in21k", f"{strategy}.yaml") in names
+    assert {p.parent.name for p in IMAGE_RECIPES} == set(IMAGE_MODELS)
+    for model in IMAGE_MODELS:
+        for strategy in ("feature-extraction", "partial", "full", "gradual", "lora"):
+            assert (model, f"{strategy}.yaml") in names
 
 
 @pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=_rel)
-def test_image_recipe_plans(recipe, tiny_vit12, tmp_path, capsys):
+def test_image_recipe_plans(recipe, tiny_vit12, tiny_cnns, tmp_path, capsys, no_chart):
     _check_commands(recipe)
     values = yaml.safe_load(recipe.read_text())
-    assert values["model_name_or_path"] == f"google/{recipe.parent.name}"
+    kind, hub_id = IMAGE_MODELS[recipe.parent.name]
+    assert values["model_name_or_path"] == hub_id
     model, images = tiny_vit12
+    model = tiny_cnns.get(kind, model)
     overrides = ["--model_name_or_path", str(model), "--dataset", str(images), "--bf16", "false", "--output_dir", str(tmp_path / "plan")]
     assert main(["plan", str(recipe), *overrides]) == 0
-    _check_plan(capsys.readouterr().out, values)
+    _check_plan(capsys.readouterr().out, values, blocks=4 if kind in tiny_cnns else 12)
     if values["strategy"] == "feature_extraction":
         assert values["augment"] is False  # else the features could not be cached
 

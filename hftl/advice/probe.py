@@ -93,7 +93,8 @@ def features(config: RunConfig, task, loaded, sample: Dataset, batch_size: int =
         batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label")}
         hidden = encoder(**batch).last_hidden_state.float()
         means.append(masked_mean(hidden, batch.get("attention_mask")).cpu().numpy())
-        firsts.append(hidden[:, 0].cpu().numpy())
+        first = hidden[:, 0] if hidden.dim() == 3 else masked_mean(hidden, None)  # a CNN's head reads the pooled map
+        firsts.append(first.cpu().numpy())
     return np.concatenate(means), np.concatenate(firsts)
 
 

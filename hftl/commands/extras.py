@@ -74,15 +74,15 @@ class ReplayHead(Extra):
         run.replay.detach(inner)  # the saved folder is the target model alone
 
 
-def cache_wanted(config: RunConfig, task: Task, groups) -> bool:
+def cache_wanted(config: RunConfig, task: Task, groups, model=None) -> bool:
     """Whether to cache features; a refused explicit request (`memory`, `disk`) is bad input, raised here."""
     blockers = []
     if not config.transfer.eval_frozen:
         blockers.append("eval_frozen is false, so the frozen backbone would apply dropout")
-    blockers += task.cache_blockers(config)
+    blockers += task.cache_blockers(config, model)
     if config.model.from_scratch:
         blockers.append("from_scratch")
-    return should_cache(config.transfer.cache_features, groups, blockers)
+    return should_cache(config.transfer.cache_features, groups, blockers, model)
 
 
 def extras_for(config: RunConfig, run: Run) -> list[Extra]:
@@ -94,6 +94,6 @@ def extras_for(config: RunConfig, run: Run) -> list[Extra]:
         extras.append(ForgettingReport())
     if run.task.capabilities.zero_shot:
         extras.append(ZeroShotReport())
-    if cache_wanted(config, run.task, run.groups):
+    if cache_wanted(config, run.task, run.groups, run.model):
         extras.append(FeatureCache())
     return extras

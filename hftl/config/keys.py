@@ -25,6 +25,7 @@ TowerStrategy = Literal[TOWER_STRATEGIES]
 CacheMode = Literal["auto", "off", "memory", "disk"]
 ClipMode = Literal["contrastive", "zero_shot", "linear_probe"]
 BadImages = Literal["error", "skip"]
+Pooling = Literal["cls", "mean"]
 
 
 def key(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
@@ -49,6 +50,9 @@ class ModelArgs:
     allow_pickle: bool = key(False, "Load a checkpoint that has only pickle weights (pytorch_model.bin), which can "
                                     "run code when loaded; off: such a checkpoint is refused (convert it to "
                                     "safetensors).")
+    classifier_pooling: Pooling | None = key(None, "ModernBERT's classification head reads the first token (`cls`) "
+                                                   "or the masked mean of all tokens (`mean`); set in the model's "
+                                                   "config. Unset: the checkpoint's.")
     license: str | None = key(None, "The model card's license (a Hub license id, e.g. apache-2.0); unset: the base "
                                     "model's when hftl knows it (built-in models, a local card), else none.")
 
@@ -111,7 +115,8 @@ class TransferArgs:
     freeze: list[str] = key([], "Extra regexes searched in parameter names to freeze; one that matches nothing is "
                                 "an error.")
     eval_frozen: bool = key(True, "Fully frozen modules run in eval mode (no dropout): deterministic, cacheable "
-                                  "features, about 2x faster on CPU.")
+                                  "features, about 2x faster on CPU. Frozen BatchNorm layers keep their running "
+                                  "statistics either way.")
     cache_features: CacheMode = key("auto", "Run a frozen backbone once and train the head on its outputs: `auto` "
                                             "whenever only the head trains, `memory` or `disk` to insist, `off`.")
     head_warmup_epochs: float = key(0, "LP-FT: train the head alone this long, then the plan's groups (0: off).")
@@ -119,8 +124,9 @@ class TransferArgs:
     lora_r: int = key(8, "LoRA rank: 8 adapts a base-size encoder with about 0.3% of its weights.")
     lora_alpha: int = key(16, "LoRA scale: alpha/r = 2, the common choice.")
     lora_dropout: float = key(0.1, "Dropout on the LoRA path.")
-    lora_target_modules: list[str] = key([], "Linear layers to adapt; empty: the family's query/value projections "
-                                             "(e.g. query, value for BERT).")
+    lora_target_modules: list[str] = key([], "Layers to adapt, each name matching the paths that end in it "
+                                             "(`attn.Wo`); empty: the family's query/value projections (query, "
+                                             "value for BERT; Wqkv for ModernBERT; convolutions for CNNs).")
     merge_lora: bool = key(False, "Save a plain merged model (adapters folded in) instead of the adapter folder.")
     source_eval: str | None = key(None, "Forgetting report: labelled text data whose 5-NN accuracy on the "
                                         "encoder's embeddings is measured before and after.")

@@ -46,7 +46,13 @@ class Preprocess:
         self.resample = int(getattr(processor, "resample", 2) if getattr(processor, "resample", None) is not None else 2)
         kind, value = _size(getattr(processor, "size", None) or {"height": 224, "width": 224})
         crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-        if data.image_size:  # one size for the whole model: keep the processor's resize-to-crop ratio
+        crop_pct = getattr(processor, "crop_pct", None) if kind == "shortest_edge" else None
+        if crop_pct:  # ConvNeXt's processor (ResNet and ConvNeXt checkpoints): the crop is shortest_edge itself
+            if data.image_size:
+                value = data.image_size
+                self._write_back(processor, kind, value, None)
+            kind, value, crop = _crop_pct_layout(value, float(crop_pct))
+        elif data.image_size:  # one size for the whole model: keep the processor's resize-to-crop ratio
             side = data.image_size
             if kind == "shortest_edge" and crop:
                 ratio = value / _size(crop)[1][0]
@@ -69,6 +75,11 @@ class Preprocess:
         std = getattr(processor, "image_std", None) if normalize else None
         self.mean = np.asarray(mean if mean is not None else [0.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
+        # EfficientNet's processor: `rescale_offset` maps to [-1, 1] (x * scale - 1); `include_top` divides by std again
+        self.offset = 1.0 if getattr(processor, "rescale_offset", False) and self.scale != 1.0 else 0.0
+        if getattr(processor, "include_top", False):
+            top = getattr(processor, "image_std", None)
+            self.std = self.std * np.asarray(top if top is not None else [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
         self.crop_min_scale = data.crop_min_scale
         self.max_pixels = data.max_image_pixels  # also at training time: a file may change after the check
         self.hflip = data.hflip
@@ -139,7 +150,7 @@ class Preprocess:
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         array = np.asarray(image, dtype=np.float32)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return torch.from_numpy((array * self.scale - self.mean) / self.std)
+        return torch.from_numpy((array * self.scale - self.offset - self.mean) / self.std)
 
     def decoded(self, value) -> Image.Image:
         """A stored image (path, bytes or PIL) in the model's colour mode; an unreadable one is named."""
@@ -171,6 +182,14 @@ class Preprocess:
         return apply
 
 
+def _crop_pct_layout(shortest_edge: int, crop_pct: float):
+    """ConvNeXt's processor as (kind, resize value, crop): below 384 px the shortest edge is resized to
+    shortest_edge / crop_pct and the centre shortest_edge square is cut out; from 384 px on it is warped to a square."""
+    if shortest_edge < 384:
+        return "shortest_edge", int(shortest_edge / crop_pct), {"height": shortest_edge, "width": shortest_edge}
+    return "exact", (shortest_edge, shortest_edge), None
+
+
 # ---------------------------------------------------------------- model input size
 
 
@@ -194,11 +213,16 @@ def check_size_ceiling(side: int, native, name: str) -> None:
 def set_image_size(model, side: int) -> None:
     """Make the model take `side` x `side` images: resample a fixed position table once (ViT, DeiT, ...).
 
-    DINOv2 interpolates its table on every forward and needs nothing. The new table is saved with
+    DINOv2 interpolates its table on every forward and needs nothing; neither do CNNs (any size, global
+    pooling; the forward check in the image task still tries the size). The new table is saved with
     the model and `config.image_size` is updated, so the saved folder takes that size natively.
     """
     config = model.config
     base = model.base_model
+    if not _has_position_table(base):  # a CNN: convolutions and global pooling take any size as it is
+        if isinstance(getattr(config, "image_size", None), int):
+            config.image_size = side
+        return
     embeddings = getattr(base, "embeddings", None)
     patch = getattr(getattr(embeddings, "patch_embeddings", None), "patch_size", None) or getattr(config, "patch_size", None)
     if embeddings is None or patch is None:
@@ -229,3 +253,9 @@ def set_image_size(model, side: int) -> None:
     if hasattr(patch_embeddings, "num_patches"):
         patch_embeddings.num_patches = (side // patch) ** 2
     config.image_size = side
+
+
+def _has_position_table(base) -> bool:
+    """Whether the model ties its input to a grid of positions (ViT, DeiT, DINOv2: `embeddings.position_embeddings`);
+    convolutional backbones (ResNet, ConvNeXt, EfficientNet) have none, whatever their stem's stride."""
+    return getattr(getattr(base, "embeddings", None), "position_embeddings", None) is not None

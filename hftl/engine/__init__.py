@@ -6,7 +6,8 @@ them. Modules: `layers` (ordered layer groups), `towers` (per-tower plans of dua
 `contrastive` (features gathered across ranks, SigLIP's sigmoid loss), `freeze` (FreezePlan),
 `optim` (param groups with explicit lrs), `phases` (LP-FT and gradual unfreezing), `plan` (the
 table, CSV and chart), `transfer` (TransferPlan, the public plan object), `features` (cached
-backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `preflight` (output folder,
+backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `precision` (precisions known to
+break a family), `preflight` (output folder,
 resume, integrations, the Hub), `run_folder` (the run marker), `checkpoint_files` (checkpoints that
 read back whole) and `trainer` (TransferTrainer).
 """

@@ -9,7 +9,8 @@ feature, as a sequence of length 1) and the block list for an empty one, so the 
 checkpoints and the final folder hold the whole model.
 
 What is cached is the output of the last block: only its first token where the head reads no
-other (BERT-style text heads, ViT, DeiT), every token where the head pools them (DINOv2).
+other (BERT-style text heads, ViT, DeiT), every token where the head pools them (DINOv2), the
+whole feature map of a CNN's last stage (ResNet, ConvNeXt, EfficientNet).
 Text features go in as `inputs_embeds`; image features go where `pixel_values` went.
 """
 
@@ -48,9 +49,40 @@ class PassThroughEmbeddings(nn.Module):
     def forward(self, *args, inputs_embeds=None, **kwargs):
         if inputs_embeds is not None:
             return inputs_embeds
-        if args and torch.is_tensor(args[0]) and args[0].is_floating_point() and args[0].dim() == 3:
-            return args[0]  # image models: cached features [batch, tokens, hidden] in place of pixel_values
+        if args and torch.is_tensor(args[0]) and args[0].is_floating_point() and args[0].dim() in (3, 4):
+            return args[0]  # image models: cached [batch, tokens, hidden] (or a CNN's feature maps) for pixel_values
         raise RuntimeError("the backbone is swapped out for cached features; pass them as inputs_embeds or pixel_values")
+
+
+class PassThroughBlock(nn.Module):
+    """Stands in for the blocks where an encoder's forward needs at least one (DeBERTa-v2/v3 reads the last
+    block's output from inside its loop): returns its input, with no attention weights."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states, None
+
+
+KEEPS_ONE_BLOCK = frozenset({"deberta-v2"})  # model types whose encoder cannot run over an empty block list
+
+
+def _embeddings_names(base: nn.Module) -> list[str]:
+    """The base model's input-side module: `embeddings`, or the one child named like it (ResNet's `embedder`)."""
+    children = [name for name, _ in base.named_children()]
+    return ["embeddings"] if "embeddings" in children else [n for n in children if "embed" in n.lower()]
+
+
+def swap_blockers(model: nn.Module) -> list[str]:
+    """Why the backbone of `model` cannot be swapped out for cached features (empty: it can)."""
+    prefix, _, _ = find_blocks(model)
+    base = model.get_submodule(prefix)
+    found = _embeddings_names(base)
+    reasons = []
+    if len(found) != 1:
+        reasons.append(f"`{prefix}` of `{type(model).__name__}` has no single embeddings module (found "
+                       f"{', '.join(found) or 'none'})")
+    if getattr(getattr(base, "encoder", None), "conv", None) is not None:
+        reasons.append("DeBERTa's convolution beside the first block would run again on the cached features")
+    return reasons
 
 
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -71,16 +103,13 @@ class BackboneSwap:
 
     @classmethod
     def of(cls, model: nn.Module) -> BackboneSwap:
+        reasons = swap_blockers(model)
+        if reasons:
+            raise HftlError(f"Cached features are not possible here: {'; '.join(reasons)}. Turn the cache off with "
+                            "`--cache_features off`.")
         prefix, path, blocks = find_blocks(model)
-        embeddings_path = f"{prefix}.embeddings"
-        try:
-            embeddings = model.get_submodule(embeddings_path)
-        except AttributeError:
-            raise HftlError(
-                f"Cached features need a `{embeddings_path}` module in `{type(model).__name__}`; turn the cache "
-                "off with `--cache_features off`."
-            ) from None
-        return cls(model, embeddings_path, f"{prefix}.{path}", embeddings, blocks)
+        embeddings_path = f"{prefix}.{_embeddings_names(model.get_submodule(prefix))[0]}"
+        return cls(model, embeddings_path, f"{prefix}.{path}", model.get_submodule(embeddings_path), blocks)
 
     def _set(self, path: str, module: nn.Module) -> None:
         parent, leaf = _parent(self.model, path)
@@ -89,7 +118,8 @@ class BackboneSwap:
     def detach(self) -> None:
         if not self.detached:
             self._set(self.embeddings_path, PassThroughEmbeddings(self.embeddings))
-            self._set(self.blocks_path, nn.ModuleList())
+            one = getattr(getattr(self.model, "config", None), "model_type", "") in KEEPS_ONE_BLOCK
+            self._set(self.blocks_path, nn.ModuleList([PassThroughBlock()] if one else []))
             self.detached = True
 
     def attach(self) -> None:
@@ -110,16 +140,19 @@ class BackboneSwap:
                 self.detach()
 
 
-def should_cache(mode: str, groups: list[LayerGroup], blockers: list[str]) -> bool:
+def should_cache(mode: str, groups: list[LayerGroup], blockers: list[str], model: nn.Module | None = None) -> bool:
     """Cache when asked, or by default (`auto`) when nothing upstream of the head can change.
 
     `blockers` are the caller's reasons against it (the task's, dropout in frozen modules, random
-    weights); a backbone group that trains is one more. Asked for (`memory`, `disk`) but blocked is an error."""
+    weights); a backbone group that trains is one more, and so is a `model` whose backbone cannot be
+    swapped out. Asked for (`memory`, `disk`) but blocked is an error."""
     if mode == "off":
         return False
     reasons = list(blockers)
     if any(p.requires_grad for g in groups if not g.is_head for _, p in g.params):
         reasons.insert(0, "backbone groups train (use strategy feature_extraction)")
+    if not reasons and model is not None:
+        reasons = swap_blockers(model)
     if reasons and mode != "auto":
         raise HftlError(f"cache_features={mode} is not possible here: {'; '.join(reasons)}. Use cache_features auto or off.")
     return not reasons

@@ -3,7 +3,8 @@
 A plan is computed from the groups alone and applied by setting `requires_grad` on every
 parameter, so applying it twice gives the same state (idempotent) and the result never depends
 on what an earlier plan did. Frozen parameters need no gradient, so autograd skips the backward
-pass below the lowest trainable group.
+pass below the lowest trainable group. Frozen modules run in eval mode (`set_frozen_eval`): always
+for BatchNorm, so frozen stages keep their pre-trained running statistics; for the rest with `eval_frozen`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import re
 import types
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from hftl.engine.layers import LayerGroup, backbone_size
+from hftl.engine.optim import clean_name
 from hftl.errors import HftlError
 
 # Parameters only pre-training uses (DINOv2/ViT-MAE's mask token): never trained, whatever the plan, so
@@ -96,28 +99,41 @@ def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def set_frozen_eval(model: nn.Module, enabled: bool = True, frozen: set[str] | None = None) -> list[str]:
-    """Keep every fully frozen module in eval mode (no dropout); return the modules pinned.
+def keeps_statistics(module: nn.Module) -> bool:
+    """BatchNorm and any other layer that tracks running statistics (a `running_mean` buffer) in train mode."""
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
 
-    A frozen block cannot adapt to dropout noise, so dropping units there only perturbs the
-    features the trainable layers see; in eval mode frozen features are deterministic (and
-    cacheable) and attention takes the fused kernel, about twice as fast on CPU. The pin is a
-    per-instance `train` override, so the Trainer's and DDP's `model.train()` respect it, and it
-    is undone first, so re-applying after a plan change unpins groups that now train. `frozen`
-    names the parameters to treat as frozen (a phase's inactive groups); default: no grad.
+
+def set_frozen_eval(model: nn.Module, enabled: bool = True, frozen: set[str] | None = None) -> list[str]:
+    """Keep frozen modules in eval mode; return the modules pinned.
+
+    One rule, applied wherever a freeze state is applied (a plan, each phase): a BatchNorm layer
+    whose parameters are all frozen is always pinned, so its running mean and variance stay the
+    pre-trained ones (in train mode every forward would overwrite them with this data's batch
+    statistics, although nothing can train to match; EfficientNet's momentum of 0.99 replaces
+    them almost whole at every step). With `enabled` (`eval_frozen`), every fully frozen module is
+    pinned too: a frozen block cannot adapt to dropout noise, so dropping units there only perturbs
+    the features the trainable layers see; in eval mode frozen features are deterministic (and
+    cacheable) and attention takes the fused kernel, about twice as fast on CPU.
+
+    The pin is a per-instance `train` override, so the Trainer's and DDP's `model.train()` respect
+    it, and it is undone first, so re-applying after a plan change unpins groups that now train
+    (back to the mode the model is in). `frozen` names the parameters to treat as frozen (a phase's
+    inactive groups); default: no grad. A BatchNorm without parameters follows its enclosing module.
     """
     for module in model.modules():
         if "train" in module.__dict__:
             del module.train
+            module.train(model.training)
+    is_frozen = (lambda n, p: n in frozen) if frozen is not None else (lambda n, p: not p.requires_grad)
     pinned: list[str] = []
-    if not enabled:
-        return pinned
     for name, module in model.named_modules():
         if any(name.startswith(p + ".") for p in pinned):
             continue
         params = list(module.named_parameters(prefix=name))
-        is_frozen = (lambda n, p: n in frozen) if frozen is not None else (lambda n, p: not p.requires_grad)
-        if name and params and all(is_frozen(n, p) for n, p in params):
+        if not (name and params and all(is_frozen(clean_name(n), p) for n, p in params)):
+            continue
+        if enabled or keeps_statistics(module):
             module.train = types.MethodType(_eval_only_train, module)
             module.train(model.training)
             pinned.append(name)

@@ -1,15 +1,17 @@
 """Ordered layer groups: the single source of depth for freeze plans and learning rates.
 
-Group 0 is the input side (embeddings), then one group per encoder block, and the last group is
-the task head (pooler, final norm, classifier). Architectures are matched by the structure of
-their modules: the backbone's ModuleList of blocks. Named rules pin the block list for the
-families we know; other models are matched by the generic rule (the largest ModuleList of
-identical blocks in the base model) and must still show embeddings, blocks and a head, or they
-get a clear error instead of a silent single group.
+Group 0 is the input side (embeddings, a CNN's stem), then one group per encoder block (a CNN's
+stage), and the last group is the task head (pooler, final norm, classifier). Architectures are
+matched by the structure of their modules: the backbone's ModuleList of blocks. Named rules pin the
+block list for the families we know; other models are matched by the generic rule (the largest
+ModuleList of identical blocks in the base model) and must still show embeddings, blocks and a
+head, or they get a clear error, naming the closest family hftl knows, instead of a silent single group.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -27,11 +29,37 @@ BLOCK_PATHS = {
     "deberta": "encoder.layer",
     "deberta-v2": "encoder.layer",
     "mpnet": "encoder.layer",
+    "modernbert": "layers",
+    "resnet": "encoder.stages",  # one group per stage; the stem (`embedder`) is the input side
+    "convnext": "encoder.stages",
+    "efficientnet": "encoder.blocks",  # MBConv blocks of all stages in one list: STAGES groups them
 }
 # Encoder-level modules beside the blocks that feed every block (DeBERTa's relative position
 # embeddings and their norm) belong to the input side, not the head.
 INPUT_SIDE_ENCODER_EXTRAS = {"deberta", "deberta-v2", "mpnet"}  # MPNet: relative_attention_bias
-SUPPORTED = "BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, DeBERTa(-v2), MPNet and models of the same structure"
+# Encoder-level modules after the blocks that are pre-trained backbone, not head: they form the top
+# backbone group of their own (EfficientNet's 1x1 `top_conv` to 1280 channels and its BatchNorm).
+TOP_ENCODER_EXTRAS = {"efficientnet": ("top_conv", "top_bn")}
+
+
+def _efficientnet_stages(config) -> list[int]:
+    """Stage of each MBConv block: stage i repeats ceil(depth_coefficient * num_block_repeats[i]) times,
+    as transformers' EfficientNetEncoder builds them."""
+    repeats = [int(math.ceil(config.depth_coefficient * n)) for n in config.num_block_repeats]
+    return [stage for stage, n in enumerate(repeats) for _ in range(n)]
+
+
+# model_type -> the stage of each block, for families whose block list runs across stages
+STAGES = {"efficientnet": _efficientnet_stages}
+# model_type -> family name, for messages and the README's model table (one entry per family hftl groups)
+FAMILIES = {
+    "bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-R", "camembert": "CamemBERT", "electra": "ELECTRA",
+    "distilbert": "DistilBERT", "deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2/v3", "mpnet": "MPNet",
+    "modernbert": "ModernBERT", "vit": "ViT", "deit": "DeiT", "dinov2": "DINOv2", "resnet": "ResNet",
+    "convnext": "ConvNeXt", "efficientnet": "EfficientNet", "clip": "CLIP",
+    "vision-text-dual-encoder": "VisionTextDualEncoder",
+}
+SUPPORTED = ", ".join(FAMILIES.values()) + " and models of the same structure"
 
 HEAD = "head"
 EMBEDDINGS = "embeddings"
@@ -84,8 +112,8 @@ def find_blocks(model: nn.Module) -> tuple[str, str, nn.ModuleList]:
     if base is None:
         raise HftlError(
             f"hftl cannot map `{name}` to layer groups: it has no base model under `{prefix or '?'}`, so the "
-            f"backbone cannot be told from the head. Supported: {SUPPORTED}. Load the model with a task head "
-            "(e.g. AutoModelForSequenceClassification)."
+            f"backbone cannot be told from the head. {closest_family(model)} Supported: {SUPPORTED}. Load the "
+            "model with a task head (e.g. AutoModelForSequenceClassification)."
         )
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     path = BLOCK_PATHS.get(model_type)
@@ -96,10 +124,35 @@ def find_blocks(model: nn.Module) -> tuple[str, str, nn.ModuleList]:
     if not lists:
         raise HftlError(
             f"hftl cannot map `{name}` (model_type `{model_type}`) to layer groups: its base model has no list "
-            f"of encoder blocks. Supported: {SUPPORTED}."
+            f"of encoder blocks. {closest_family(model)} Supported: {SUPPORTED}."
         )
     path, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
     return prefix, path, blocks
+
+
+def closest_family(model: nn.Module) -> str:
+    """A sentence naming the supported family nearest to `model`: by its model_type's spelling
+    (deberta-v3 -> DeBERTa-v2/v3, regnet -> ResNet), else by its task head and layers (convolutions
+    -> ResNet, other image models -> ViT, text models -> BERT)."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    near = difflib.get_close_matches(model_type, list(FAMILIES), n=1, cutoff=0.6) if model_type else []
+    if near:
+        family = FAMILIES[near[0]]
+    elif "ImageClassification" in type(model).__name__ or "pixel" in " ".join(_forward_args(model)):
+        convolutional = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules())
+        family = "ResNet" if convolutional else "ViT"
+    else:
+        family = "BERT"
+    return f"The closest supported family is {family}: a model of its structure (input side, a list of blocks, a head) maps."
+
+
+def _forward_args(model: nn.Module) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def _is_embedding(relative: str) -> bool:
@@ -181,25 +234,26 @@ def tower_groups(model: nn.Module) -> list[LayerGroup]:
 
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """Ordered groups [embeddings, layer.0 .. layer.N-1, head] covering every parameter once
-    (per tower for dual encoders, see tower_groups)."""
+    (per tower for dual encoders, see tower_groups). A CNN's `layer.i` is its stage i."""
     if is_dual_encoder(model):
         return tower_groups(model)
     if looks_dual(model):
         raise unmapped_dual_error(model)
     prefix, path, blocks = find_blocks(model)
     model_type = getattr(model.config, "model_type", "")
-    container = path.rsplit(".", 1)[0] if "." in path else ""
+    layout = _Layout(prefix, path, model_type, _block_groups(model, blocks))
     groups = {EMBEDDINGS: LayerGroup(EMBEDDINGS)}
-    groups.update({f"layer.{i}": LayerGroup(f"layer.{i}") for i in range(len(blocks))})
+    groups.update({g: LayerGroup(g) for g in layout.block_groups})
+    if layout.top_extras:
+        groups[layout.top] = LayerGroup(layout.top)
     groups[HEAD] = LayerGroup(HEAD)
-    block_prefix = f"{prefix}.{path}."
     for name, param in model.named_parameters():
-        groups[_group_of(name, prefix, block_prefix, container, model_type)].params.append((name, param))
+        groups[layout.group_of(name)].params.append((name, param))
     ordered = list(groups.values())
     if not groups[EMBEDDINGS].params:
         raise HftlError(
             f"hftl cannot map `{type(model).__name__}` (model_type `{model_type}`) to layer groups: no embedding "
-            f"parameters were found in its base model `{prefix}`. Supported: {SUPPORTED}."
+            f"parameters were found in its base model `{prefix}`. {closest_family(model)} Supported: {SUPPORTED}."
         )
     if not groups[HEAD].params:
         raise HftlError(
@@ -212,17 +266,59 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     return ordered
 
 
-def _group_of(name: str, prefix: str, block_prefix: str, container: str, model_type: str) -> str:
-    if name.startswith(block_prefix):
-        return f"layer.{name[len(block_prefix):].split('.', 1)[0]}"
-    if not name.startswith(prefix + "."):
-        return HEAD  # classifier, pre_classifier, ... outside the base model
-    relative = name[len(prefix) + 1 :]
-    if _is_embedding(relative):
-        return EMBEDDINGS
-    if container and relative.startswith(container + ".") and model_type in INPUT_SIDE_ENCODER_EXTRAS:
-        return EMBEDDINGS
-    return HEAD  # pooler, final norm: they sit on top of the last block
+def _block_groups(model: nn.Module, blocks: nn.ModuleList) -> list[str]:
+    """The group of each block: `layer.i` per block, or per stage where STAGES knows the family's stages."""
+    stages = STAGES.get(getattr(model.config, "model_type", ""))
+    if stages is None:
+        return [f"layer.{i}" for i in range(len(blocks))]
+    of_block = stages(model.config)
+    if len(of_block) != len(blocks):
+        raise HftlError(f"`{type(model).__name__}` has {len(blocks)} blocks but its config declares {len(of_block)}; "
+                        "hftl cannot tell its stages apart.")
+    return [f"layer.{s}" for s in of_block]
+
+
+@dataclass
+class _Layout:
+    """Where a single-tower model's parameters go: its base prefix, block path and each block's group."""
+
+    prefix: str
+    path: str
+    model_type: str
+    of_block: list[str]
+
+    @property
+    def block_groups(self) -> list[str]:
+        return list(dict.fromkeys(self.of_block))
+
+    @property
+    def container(self) -> str:
+        return self.path.rsplit(".", 1)[0] if "." in self.path else ""
+
+    @property
+    def top_extras(self) -> tuple[str, ...]:
+        return TOP_ENCODER_EXTRAS.get(self.model_type, ())
+
+    @property
+    def top(self) -> str:
+        """The top backbone group of encoder-level extras after the blocks (one past the last block group)."""
+        return f"layer.{len(self.block_groups)}"
+
+    def group_of(self, name: str) -> str:
+        block_prefix = f"{self.prefix}.{self.path}."
+        if name.startswith(block_prefix):
+            return self.of_block[int(name[len(block_prefix):].split(".", 1)[0])]
+        if not name.startswith(self.prefix + "."):
+            return HEAD  # classifier, pre_classifier, ... outside the base model
+        relative = name[len(self.prefix) + 1 :]
+        if _is_embedding(relative):
+            return EMBEDDINGS
+        in_container = self.container and relative.startswith(self.container + ".")
+        if in_container and self.model_type in INPUT_SIDE_ENCODER_EXTRAS:
+            return EMBEDDINGS
+        if in_container and relative[len(self.container) + 1 :].split(".", 1)[0] in self.top_extras:
+            return self.top
+        return HEAD  # pooler, final norm: they sit on top of the last block
 
 
 def backbone_size(groups: list[LayerGroup]) -> int:

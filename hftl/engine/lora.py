@@ -1,5 +1,5 @@
-"""LoRA through peft as a strategy: low-rank adapters in the attention projections, the new head
-trained and saved whole (`modules_to_save`), layer-wise lrs applied to the adapters by depth.
+"""LoRA through peft as a strategy: low-rank adapters in the attention projections (a CNN's convolutions),
+the new head trained and saved whole (`modules_to_save`), layer-wise lrs applied to the adapters by depth.
 
 The adapters live inside the blocks, so `layers.layer_groups` on the wrapped model puts each
 adapter in its block's group, and the ordinary lr plan gives it that group's lr.
@@ -15,7 +15,11 @@ from torch import nn
 from hftl.engine.layers import LayerGroup, find_blocks
 from hftl.errors import HftlError
 
-# model_type -> the attention projections to adapt (query and value, as in the LoRA paper)
+# model_type -> the layers to adapt: the attention's query and value projections, as in the LoRA paper
+# (ModernBERT fuses them into `Wqkv`). A name matches every layer whose path ends in it, so `attn.Wo`
+# adapts ModernBERT's attention output and not its MLP's `mlp.Wo`. CNNs have no attention: ResNet
+# adapts each residual block's middle convolution (`layer.1`, the 3x3 of a bottleneck), ConvNeXt its
+# pointwise (linear) layers, EfficientNet its 1x1 expansion and projection convolutions.
 DEFAULT_TARGETS = {
     "bert": ["query", "value"],
     "roberta": ["query", "value"],
@@ -28,20 +32,34 @@ DEFAULT_TARGETS = {
     "vit": ["q_proj", "v_proj"],
     "deit": ["q_proj", "v_proj"],
     "dinov2": ["q_proj", "v_proj"],
+    "modernbert": ["Wqkv"],
+    "resnet": ["layer.1.convolution"],
+    "convnext": ["pwconv1", "pwconv2"],
+    "efficientnet": ["expand_conv", "project_conv"],
 }
+ADAPTABLE = (nn.Linear, nn.Conv2d)  # the layer types peft's LoRA wraps that hftl offers as targets
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    _, path, blocks = find_blocks(model)
-    return sorted({name.rsplit(".", 1)[-1] for name, m in blocks[0].named_modules() if isinstance(m, nn.Linear)})
+def candidates(model: nn.Module) -> list[str]:
+    """Paths of the layers LoRA can adapt inside the blocks, relative to a block (`attention.self.query`),
+    over every block (EfficientNet's first block has no expansion layer)."""
+    _, _, blocks = find_blocks(model)
+    return sorted({name for block in blocks for name, m in block.named_modules() if isinstance(m, ADAPTABLE)})
+
+
+def matches(target: str, path: str) -> bool:
+    """peft's rule for a target name: the layer's path is the name or ends in `.name`."""
+    return path == target or path.endswith("." + target)
 
 
 def _head_modules(groups: list[LayerGroup], prefix: str) -> list[str]:
-    """Top-level modules of the head (e.g. `pooler`, `classifier`), saved whole beside the adapters."""
+    """Modules of the head (e.g. `bert.pooler`, `classifier`), saved whole beside the adapters. Named by their
+    path from the model: peft saves every module whose path ends in a name, and a bare `layernorm` (ConvNeXt's
+    final norm) would also catch the norm inside every block."""
     names = set()
     for name, _ in next(g for g in groups if g.is_head).params:
         parts = name.split(".")
-        names.add(parts[1] if parts[0] == prefix and len(parts) > 2 else parts[0])
+        names.add(".".join(parts[:2]) if parts[0] == prefix and len(parts) > 2 else parts[0])
     return sorted(names)
 
 
@@ -59,17 +77,17 @@ def wrap(model: nn.Module, groups: list[LayerGroup], spec: LoraSpec):
 
     model_type = getattr(model.config, "model_type", "")
     targets = list(spec.targets) or DEFAULT_TARGETS.get(model_type)
-    candidates = _linear_names(model)
+    layers = candidates(model)
     if not targets:
         raise HftlError(
             f"No default LoRA target modules for model_type `{model_type}`. Set `lora_target_modules` to some of the "
-            f"block's linear layers: {', '.join(candidates)}."
+            f"blocks' linear or convolution layers (a name matches every path that ends in it): {', '.join(layers)}."
         )
-    missing = [x for x in targets if x not in candidates]
+    missing = [t for t in targets if not any(matches(t, path) for path in layers)]
     if missing:
         raise HftlError(
-            f"LoRA target modules {missing} match no linear layer in the blocks of `{type(model).__name__}`. "
-            f"Candidates: {', '.join(candidates)}."
+            f"LoRA target modules {missing} match no linear or convolution layer in the blocks of "
+            f"`{type(model).__name__}`. Candidates (a name matches every path that ends in it): {', '.join(layers)}."
         )
     prefix = getattr(model, "base_model_prefix", "")
     lora = LoraConfig(

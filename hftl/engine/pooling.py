@@ -10,7 +10,10 @@ import torch
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the sequence of (batch, tokens, dim), padding excluded; every token when there is no mask (images)."""
+    """Mean over the sequence of (batch, tokens, dim), padding excluded; every token when there is no mask (images);
+    over the positions of a CNN's feature maps (batch, channels, height, width), as its head pools them."""
+    if hidden.dim() == 4:
+        return hidden.mean((2, 3))
     if mask is None:
         return hidden.mean(1)
     mask = mask.unsqueeze(-1).to(hidden.dtype)

@@ -84,8 +84,9 @@ class TransferPlan:
     # ---------------------------------------------------------------- using
 
     def apply(self, model: nn.Module | None = None, eval_frozen: bool = True) -> nn.Module:
-        """Set `requires_grad` by the plan (idempotent) and, with `eval_frozen`, keep fully frozen modules
-        in eval mode: no dropout in frozen features, and frozen BatchNorm layers keep their statistics."""
+        """Set `requires_grad` by the plan (idempotent) and keep frozen BatchNorm layers in eval mode (their
+        running statistics stay the pre-trained ones); with `eval_frozen`, every fully frozen module too (no
+        dropout in frozen features)."""
         model = self._model(model)
         by_name = {clean_name(n): p for n, p in model.named_parameters()}
         for name, trains in self.trains.items():

@@ -169,8 +169,8 @@ class Task:
 
     # ---------------------------------------------------------------- cached features
 
-    def cache_blockers(self, config: RunConfig) -> list[str]:
-        """Why features cannot be cached for this run (empty: they can)."""
+    def cache_blockers(self, config: RunConfig, model=None) -> list[str]:
+        """Why features cannot be cached for this run and model (empty: they can)."""
         return [] if self.capabilities.cached_features else [f"task `{self.name}` does not support cached features"]
 
     def cache_tokens(self, model) -> str:

@@ -2,8 +2,10 @@
 
 `model_source` resolves built-in names to their folders. `load` reads the config (with the label
 set for classifiers: a new head of the right size, `ignore_mismatched_sizes` for a checkpoint
-that has its own), the processor, and the weights, or builds the same architecture from its
-config for `from_scratch`. `trust_remote_code` and `revision` come from the recipe.
+that has its own; with the recipe's model options such as `classifier_pooling`), warns where the
+run's precision is known to break the family (engine/precision.py), then the processor and the
+weights, or builds the same architecture from its config for `from_scratch`. `trust_remote_code`
+and `revision` come from the recipe.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError
 
 from hftl.data import builtin
+from hftl.engine import precision
 from hftl.errors import HftlError, first_line
 
 if TYPE_CHECKING:
@@ -42,6 +45,9 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
     weights = {} if config.model.from_scratch else _weights_format(config, source)
     try:
         model_config = AutoConfig.from_pretrained(source, **head, **common)
+        _set_config_keys(config, model_config)
+        for warning in precision.warnings_for(model_config.model_type, config.training.fp16, config.training.bf16):
+            print(f"hftl: warning: {warning}", flush=True)
         processor = processor_class.from_pretrained(source, **common)
         if config.model.from_scratch:
             model = model_class.from_config(model_config, trust_remote_code=config.model.trust_remote_code, **attention)
@@ -77,3 +83,22 @@ def _weights_format(config: RunConfig, source: str) -> dict:
         "can run code when loaded, so hftl refuses it by default. Convert it to safetensors (load it once where you "
         "trust it and `save_pretrained` the model), or set `allow_pickle: true` if you trust its source."
     )
+
+
+# recipe key -> the model-config attribute it sets (the model's own option, never an hftl copy of it)
+CONFIG_KEYS = {"classifier_pooling": "classifier_pooling"}
+
+
+def _set_config_keys(config: RunConfig, model_config) -> None:
+    """Recipe keys that are options of the model itself go into its config (saved with it, so a pipeline
+    runs the same head); a checkpoint whose config lacks the option is refused, not silently ignored."""
+    for key, attribute in CONFIG_KEYS.items():
+        value = getattr(config.model, key)
+        if value is None:
+            continue
+        if not hasattr(model_config, attribute):
+            raise HftlError(
+                f"`{key}` is an option of ModernBERT's classification head; `{config.model.model_name_or_path}` "
+                f"(model_type `{model_config.model_type}`) has no such option in its config. Drop `{key}`."
+            )
+        setattr(model_config, attribute, value)

@@ -1,11 +1,11 @@
-"""Image classification: ViT, DeiT, DINOv2 and models of the same structure.
+"""Image classification: ViT, DeiT, DINOv2, the CNNs ResNet, ConvNeXt and EfficientNet, and their kin.
 
 The model loads with AutoModelForImageClassification and a new head sized to the label set
 (`ignore_mismatched_sizes`, so a checkpoint with its own head gets a fresh one). Images are
 decoded, augmented (training only) and normalised on the fly as the checkpoint's image processor
 would; see data/preprocess.py. Layer groups: patch and position embeddings with the cls token (no
-weight decay for tokens and positions), one group per encoder block, and the final norm with the
-classifier as the head.
+weight decay for tokens and positions), one group per encoder block (a CNN's stage), and the final norm
+with the classifier as the head.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ImageClassification(ClassificationTask):
     def why_required(self, key: str) -> str:
         return "images are decoded on the fly from the image column, which the Trainer would otherwise drop"
 
-    def cache_blockers(self, config: RunConfig) -> list[str]:
+    def cache_blockers(self, config: RunConfig, model=None) -> list[str]:
         return ["training images are augmented (set `augment: false` to cache)"] if config.data.augment else []
 
     def cache_tokens(self, model) -> str:

@@ -52,6 +52,14 @@ class TextClassification(ClassificationTask):
     )
     training_defaults = {"train_sampling_strategy": "group_by_length"}  # length-grouped batches waste little on padding
 
+    def cache_blockers(self, config: RunConfig, model=None) -> list[str]:
+        """A head that pools every token (ModernBERT's `classifier_pooling: mean`) needs them all; cached text
+        features keep the first token only (the model's own pooling stays the one path, never an hftl copy)."""
+        if getattr(getattr(model, "config", None), "classifier_pooling", "cls") == "mean":
+            return ["the head pools every token (classifier_pooling mean), and cached text features keep only the "
+                    "first (`classifier_pooling: cls` caches)"]
+        return []
+
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
         stratify = None if config.data.label_separator else config.data.label_column  # multi-label: no strata
         raw = load_splits(config.data, config.model.trust_remote_code, stratify_column=stratify)

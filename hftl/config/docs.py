@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from hftl.config.keys import ARG_CLASSES, DataArgs, ModelArgs, TransferArgs, choices
-from hftl.config.load import _Parser
+from hftl.config.parser import Parser
 from hftl.errors import HftlError
 
 
@@ -38,7 +38,7 @@ def _default_text(f: dataclasses.Field) -> str:
 
 def cli_help() -> str:
     """Every key with its default, allowed values and help, for `hftl train --help`."""
-    parsed = {a.dest: a.choices for a in _Parser(ARG_CLASSES)._actions}  # Literal and Enum keys alike
+    parsed = {a.dest: a.choices for a in Parser(ARG_CLASSES)._actions}  # Literal and Enum keys alike
     lines = []
     for cls in ARG_CLASSES:
         lines.append(f"\n{cls.__name__}:")

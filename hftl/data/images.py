@@ -134,14 +134,6 @@ def _absolute_paths(ds: Dataset, column: str, root: str | None, split: str) -> D
     return ds.remove_columns(column).add_column(column, paths)
 
 
-def check_settings(data: DataArgs) -> None:
-    """The recipe's image keys, checked with the rest of the recipe (before any data is read)."""
-    if not 0 < data.crop_min_scale <= 1:
-        raise HftlError(f"crop_min_scale must be in (0, 1] (got {data.crop_min_scale}); 1 turns random crops off.")
-    if data.image_size is not None and data.image_size < 8:
-        raise HftlError(f"image_size must be at least 8 pixels (got {data.image_size}).")
-
-
 # ---------------------------------------------------------------- decoding and checking
 
 

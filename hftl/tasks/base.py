@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from hftl.engine.freeze import STRATEGIES
-from hftl.engine.transfer import TransferPlan
+from hftl.engine.strategies import STRATEGIES
 from hftl.errors import HftlError
 
 if TYPE_CHECKING:  # the recipe config is the task's input; tasks never import it at run time (no cycle)
     from datasets import DatasetDict
 
     from hftl.config import RunConfig
+    from hftl.engine.transfer import TransferPlan
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,8 @@ class Task:
 
     def plan(self, config: RunConfig, model) -> TransferPlan:
         """The recipe's transfer plan for `model` (not applied yet): one freeze plan and lr plan over its groups."""
+        from hftl.engine.transfer import TransferPlan
+
         t = config.transfer
         return TransferPlan.build(model, strategy=t.strategy, unfrozen_groups=t.unfrozen_groups,
                                   learning_rate=config.training.learning_rate, layer_decay=t.layer_decay,

@@ -141,18 +141,9 @@ class Clip(Task):
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
-        t = config.transfer  # clip_mode and the tower strategies are checked against their allowed values already
+        t = config.transfer  # clip_mode, the tower strategies and the towers' numbers are checked with their keys
         if t.clip_mode != "contrastive" and config.data.augment and "augment" in config.user_keys:
             raise HftlError(f"clip_mode {t.clip_mode} embeds each image once, so it cannot augment: drop `augment: true`.")
-        for tower in TOWER_NAMES:
-            decay, lr = getattr(t, f"{tower}_layer_decay"), getattr(t, f"{tower}_learning_rate")
-            unfrozen = getattr(t, f"{tower}_unfrozen_groups")
-            if decay is not None and decay <= 0:
-                raise HftlError(f"{tower}_layer_decay must be > 0 (got {decay}); 1.0 means no decay.")
-            if lr is not None and lr < 0:
-                raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
-            if unfrozen is not None and unfrozen < 0:
-                raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
         if config.data.label_separator:
             raise HftlError("task clip takes one label per image (a caption per class): drop label_separator.")
         for template in config.data.prompt_templates:

@@ -105,6 +105,12 @@ def _parse(path: str, text: str):
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if "single document" in str(getattr(err, "context", "")):
+            raise HftlError(f"Recipe `{path}` holds more than one YAML document (a `---` line{where}); a recipe is one "
+                            "mapping of `key: value` lines. Remove the `---` and merge the keys.") from None
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+            raise HftlError(f"Recipe `{path}` uses a YAML tag{where} ({problem}). Recipes take plain values (text, "
+                            "numbers, true/false, lists): drop the `!!` tag.") from None
         raise HftlError(f"Recipe `{path}` is not valid YAML{where}: {problem}. Fix the YAML syntax there.") from None
     finally:
         loader.dispose()

@@ -61,6 +61,7 @@ class Task:
     training_defaults: ClassVar[dict[str, Any]] = {}  # TrainingArguments defaults of this task; a user's own win
     cache_input: ClassVar[str] = "inputs_embeds"  # where cached features enter the model's forward
     required_training: ClassVar[dict[str, Any]] = {}  # TrainingArguments values the task cannot work without
+    model_kind: ClassVar[str] = ""  # the checkpoints it takes (tasks/checkpoints.KINDS); empty: any
 
     # ---------------------------------------------------------------- recipe
 

@@ -107,6 +107,7 @@ class Clip(Task):
     name = "clip"
     pipeline_task = "zero-shot-image-classification"
     capabilities = Capabilities(zero_shot=True, towers=TOWER_NAMES, phases=False, strategies=TOWER_STRATEGIES)
+    model_kind = "dual"
     # images and captions feed the transform: the Trainer must keep their columns
     required_training = {"remove_unused_columns": False}
 

@@ -93,6 +93,7 @@ def build_model(config: RunConfig, labels: Labels) -> Loaded:
     model, processor = checkpoints.load(
         config, AutoModel, AutoProcessor, what="dual encoder",
         expected="a CLIP or VisionTextDualEncoder checkpoint with its processor, or builtin:dual-encoder-small",
+        kind="dual",
     )
     if not is_dual_encoder(model):
         raise HftlError(

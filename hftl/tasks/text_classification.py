@@ -49,6 +49,7 @@ class TextClassification(ClassificationTask):
         cached_features=True,  # the heads read only the first token of the last hidden state; no augmentation
         text_embeddings=True, source_batches=True, replay=True, lora_task_type="SEQ_CLS", compare=True,
     )
+    model_kind = "text"
     training_defaults = {"train_sampling_strategy": "group_by_length"}  # length-grouped batches waste little on padding
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, Labels]:
@@ -59,7 +60,8 @@ class TextClassification(ClassificationTask):
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
         model, tokenizer = checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
-                                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6")
+                                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6",
+                                            kind=self.model_kind)
         return Loaded(model, tokenizer, labels)
 
     def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:

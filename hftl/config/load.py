@@ -56,10 +56,11 @@ def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> 
     values = read_recipe(recipe_path) if recipe_path else {}
     recipe_path = recipe_path or "the command line"
     overrides = join_negative_numbers(list(overrides or []))
-    rules.check_given({**values, **override_values(overrides)})  # before the heavy imports below
+    given = {**values, **override_values(overrides)}
+    rules.check_given(given)  # before the heavy imports below
     from hftl.config.parser import parse
 
-    config = parse(values, overrides, recipe_path, set(values) | set(override_keys(overrides)))
+    config = parse(values, overrides, recipe_path, given)
     rules.validate(config)
     return config
 

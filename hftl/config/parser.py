@@ -19,7 +19,6 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from hftl.config.keys import RunConfig, all_keys, arg_classes, nearest
-from hftl.config.load import override_values
 from hftl.errors import HftlError
 
 ARG_CLASSES = arg_classes()
@@ -35,6 +34,10 @@ class Parser(HfArgumentParser):
             name, value = choice.group(1), choice.group(2)
             allowed = [c.strip(" '\"") for c in choice.group(3).split(",")]
             raise HftlError(f"Unknown {name} `{value}`.{nearest(value, allowed)} Choose one of: {', '.join(allowed)}.")
+        missing = re.match(r"argument --(\w+)(?:/--[\w-]+)?: expected (?:one|at least one) argument", message)
+        if missing:
+            raise HftlError(f"`--{missing.group(1)}` needs a value: `--{missing.group(1)} VALUE` (none followed it on "
+                            "the command line).")
         raise HftlError(f"Bad value in the recipe or on the command line: {message}. Check the value's type.")
 
     @staticmethod
@@ -52,8 +55,9 @@ def unknown_key_error(key: str, where: str) -> HftlError:
     return HftlError(f"Unknown key `{key}` in {where}.{hint}")
 
 
-def parse(values: dict[str, Any], overrides: list[str], recipe_path: str, user_keys: set[str]) -> RunConfig:
-    """The recipe's `values` and the command line's `overrides` as a RunConfig (not validated yet)."""
+def parse(values: dict[str, Any], overrides: list[str], recipe_path: str, given: dict[str, Any]) -> RunConfig:
+    """The recipe's `values` and the command line's `overrides` as a RunConfig (not validated yet); `given`
+    is both as {key: value}, the overrides' as strings (config/load.override_values)."""
     known = set(all_keys())
     for key in values:
         if key not in known:
@@ -62,7 +66,7 @@ def parse(values: dict[str, Any], overrides: list[str], recipe_path: str, user_k
     parser.allow_abbrev = False  # `--lr` must not silently mean `--lr_scheduler_type`
     for action in parser._actions:
         action.required = False
-    parser.set_defaults(**defaults(values, overrides))
+    parser.set_defaults(**defaults(given))
     parser.set_defaults(**_typed_for_parser(parser, values, recipe_path))
     overrides = _merge_repeated_lists(parser, overrides)
     try:
@@ -79,17 +83,16 @@ def parse(values: dict[str, Any], overrides: list[str], recipe_path: str, user_k
             "command (`hftl advise RECIPE.yaml --out DIR`)."
         )
     model, data, transfer, training = arg_objs
-    return RunConfig(model, data, transfer, training, recipe_path, user_keys)
+    return RunConfig(model, data, transfer, training, recipe_path, set(given))
 
 
-def defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def defaults(given: dict[str, Any]) -> dict[str, Any]:
     """hftl's defaults, applied before validation; the recipe and the command line still win.
 
     The task's own (e.g. image tasks keep their image column), then: replay needs a static DDP graph,
     `from_scratch` means strategy full, and bf16 on GPUs that have it."""
     from hftl.tasks import get_task
 
-    given = {**values, **override_values(overrides)}
     out = get_task(str(given.get("task", "text-classification"))).defaults(given)
     if "replay_data" in given:
         # the source batch runs the encoder a second time, outside DDP's forward: DDP must expect each

@@ -6,6 +6,7 @@ validation split is carved from train with `split_seed`, so it stays put across 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,6 +74,10 @@ def _read(data: DataArgs, trust_remote_code: bool, read_folder=None) -> DatasetD
 def _load(*args, local: dict[str, str] | None = None, **kwargs) -> DatasetDict:
     """`datasets.load_dataset`; a failure on `local` files names the file and line, never the network."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    readers = logging.getLogger("datasets.packaged_modules")  # the csv/json readers log their failure as an error
+    level = readers.level
+    if local:
+        readers.setLevel(logging.CRITICAL)  # ... which diagnose() below reports better, once
     try:
         loaded = datasets.load_dataset(*args, **kwargs)
     except HftlError:
@@ -84,6 +89,8 @@ def _load(*args, local: dict[str, str] | None = None, **kwargs) -> DatasetDict:
             f"Could not load dataset `{args[0]}`: {first_line(data_files.root_cause(err))}. Check the name (and "
             "`dataset_config`), or your network; offline, use local files or a builtin: dataset."
         ) from None
+    finally:
+        readers.setLevel(level)
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict(train=loaded)
     return loaded

@@ -124,6 +124,8 @@ CASES = [
           lambda t, w: _keys(t, w.bert, w.data, "--learning_rate", "-1e-4"), "`learning_rate` must be > 0 (got -1e-4)"),
     _case("unclear", "flag-without-a-value", lambda t, w: _keys(t, w.bert, w.data, "--learning_rate"),
           "`--learning_rate` needs a value"),
+    _case("silent", "learning_rate-infinite", lambda t, w: _keys(t, w.bert, w.data, "--learning_rate", "inf"),
+          "`learning_rate` must be a finite number > 0 (got inf)"),
     _case("clear", "head_lr-negative", lambda t, w: _keys(t, w.bert, w.data, head_lr=-1e-3), "`head_lr` must be > 0"),
     _case("silent", "num_train_epochs-zero", lambda t, w: _keys(t, w.bert, w.data, num_train_epochs=0),
           "num_train_epochs is 0 and max_steps is not set"),
@@ -180,6 +182,10 @@ CASES = [
           lambda t, w: _keys(t, w.bert, w.data, dataloader_persistent_workers=True), "dataloader_num_workers is 0"),
     _case("unclear", "early_stopping_patience-negative",
           lambda t, w: _keys(t, w.bert, w.data, early_stopping_patience=-1), "`early_stopping_patience` must be >= 0"),
+    _case("traceback", "label_separator-empty", lambda t, w: _keys(t, w.bert, w.data, label_separator=""),
+          "`label_separator` is an empty string"),
+    _case("silent", "text_column-is-the-label-column", lambda t, w: _keys(t, w.bert, w.data, text_column="label"),
+          "the model would read the labels it is to predict"),
     # ------------------------------------------------------------ where the data comes from, and the paths
     _case("silent", "dataset-and-train_file", lambda t, w: _keys(t, w.bert, w.data, dataset="builtin:bbc-news"),
           "Both `dataset` (builtin:bbc-news) and `train_file`"),
@@ -277,13 +283,18 @@ def test_recipe_errors_come_before_torch_and_transformers(tmp_path, data):
     assert "`learning_rate` must be > 0" in result.stderr and "gone.csv` does not exist" in result.stderr
 
 
-def test_layer_decay_above_one_is_a_warning_with_the_reason(recipe, capsys):
+def test_allowed_but_probably_unmeant_settings_are_warnings_with_the_reason(recipe, capsys):
+    """layer_decay above 1, and phases that begin after the last epoch (`hftl plan` still shows them)."""
     from hftl.config import load_config
 
     config = load_config(recipe(layer_decay=1.2))
     assert config.transfer.layer_decay == 1.2
     err = capsys.readouterr().err
     assert "hftl: warning: layer_decay 1.2 is above 1" in err and "reverse of discriminative fine-tuning" in err
+    load_config(recipe(head_warmup_epochs=2, num_train_epochs=1))
+    assert "head_warmup_epochs 2 starts the first unfreezing at epoch 2" in capsys.readouterr().err
+    load_config(recipe(unfreeze_every=1, num_train_epochs=3))
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_yaml_booleans_of_word_valued_keys_are_the_words(tmp_path, recipe):
@@ -312,3 +323,13 @@ def test_a_class_too_small_to_stratify_stays_in_train(tmp_path, recipe, capsys):
         found.append("neutral" in names and len(raw["train"]) + len(raw["validation"]) == 41)
     assert all(found)
     assert "kept in train" in capsys.readouterr().out
+
+
+def test_max_grad_norm_may_be_infinite_and_nan_never(recipe):
+    """`inf` is max_grad_norm's own value (no clipping); no key takes NaN."""
+    from hftl.config import load_config
+    from hftl.errors import HftlError
+
+    assert load_config(recipe(), ["--max_grad_norm", "inf"]).training.max_grad_norm == float("inf")
+    with pytest.raises(HftlError, match=r"must be a finite number >= 0 \(got nan\)"):
+        load_config(recipe(), ["--max_grad_norm", "nan"])

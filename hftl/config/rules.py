@@ -14,18 +14,20 @@ is an error naming the tasks that have it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from hftl.config import paths
-from hftl.config.keys import TASKS, TRAINING_RANGES, RunConfig, TransferArgs, choices, nearest, own_keys, ranges
+from hftl.config.keys import TASKS, RunConfig, TransferArgs, choices, nearest, own_keys, ranges
+from hftl.config.ranges import TRAINING_RANGES
 from hftl.errors import HftlError
 
 
 def check_given(values: Mapping[str, Any]) -> None:
     """The rules that need nothing but the values: {key: value as given (a string from the command line)}."""
-    for rule in (_value_rule, _source_rule, paths.check):
+    for rule in (_value_rule, _column_rule, _source_rule, paths.check):
         rule(values)
 
 
@@ -66,10 +68,13 @@ def _value_rule(values: Mapping[str, Any]) -> None:
             if allowed and isinstance(value, str) and value not in allowed:
                 raise HftlError(f"Unknown {name} `{value}`.{nearest(value, allowed)} Choose one of: "
                                 f"{', '.join(allowed)}.")
+            if value == "" and not str(own[name][1].type).startswith("list"):
+                raise HftlError(f"`{name}` is an empty string. Give it a value, or drop it for its default.")
         number = _number(value)
         if name in bounds and number is not None and not bounds[name].holds(number):
+            finite = "a finite number " if not math.isfinite(number) else ""
             why = f"; {bounds[name].why}" if bounds[name].why else ""
-            raise HftlError(f"`{name}` must be {bounds[name]} (got {value}){why}. Set `{name}` to a value "
+            raise HftlError(f"`{name}` must be {finite}{bounds[name]} (got {value}){why}. Set `{name}` to a value "
                             f"{bounds[name]}.")
 
 
@@ -83,6 +88,18 @@ def _number(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _column_rule(values: Mapping[str, Any]) -> None:
+    """The label column is no input: a model that reads its own labels learns nothing it can use."""
+    own = own_keys()
+    given = {k: values.get(k, own[k][1].default) for k in ("text_column", "text_pair_column", "label_column")}
+    for key in ("text_column", "text_pair_column"):
+        if given[key] is not None and given[key] == given["label_column"]:
+            raise HftlError(
+                f"{key} and label_column are both `{given[key]}`: the model would read the labels it is to predict. "
+                f"Set `{key}` to the column with the text."
+            )
 
 
 def _source_rule(values: Mapping[str, Any]) -> None:
@@ -197,10 +214,22 @@ ADVICE = {
 
 
 def _advice_rule(config: RunConfig, task) -> None:
+    """Settings that are allowed but probably not meant: a warning each, with the reason."""
     for name, (limit, why) in ADVICE.items():
         value = _value(config, name)
         if value is not None and value > limit:
-            print(f"hftl: warning: {name} {value:g} is above {limit:g}: {why}.", file=sys.stderr)
+            _warn(f"{name} {value:g} is above {limit:g}: {why}.")
+    args, t = config.training, config.transfer
+    start = t.head_warmup_epochs or t.unfreeze_every  # where the first phase after the head's begins
+    if start and args.max_steps <= 0 and start >= args.num_train_epochs:  # (with max_steps, the data decides)
+        key = "head_warmup_epochs" if t.head_warmup_epochs else "unfreeze_every"
+        _warn(f"{key} {start:g} starts the first unfreezing at epoch {start:g}, but the run ends after "
+              f"num_train_epochs {args.num_train_epochs:g}: only the head will train. Lower {key} or raise "
+              "num_train_epochs.")
+
+
+def _warn(text: str) -> None:
+    print(f"hftl: warning: {text}", file=sys.stderr)
 
 
 def _value(config: RunConfig, name: str):

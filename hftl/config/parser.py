@@ -49,7 +49,20 @@ class Parser(HfArgumentParser):
         HfArgumentParser._parse_dataclass_field(parser, field)
 
 
+# TrainingArguments keys that transformers 5 removed, and what took their place (recipes written for 4.x use them)
+RENAMED = {
+    "warmup_ratio": "`warmup_steps`, where a value below 1 is a share of the training steps (warmup_steps: 0.1)",
+    "evaluation_strategy": "`eval_strategy`",
+    "no_cuda": "`use_cpu: true`",
+    "per_gpu_train_batch_size": "`per_device_train_batch_size`",
+    "per_gpu_eval_batch_size": "`per_device_eval_batch_size`",
+    "push_to_hub_token": "`hub_token` (or the HF_TOKEN variable)",
+}
+
+
 def unknown_key_error(key: str, where: str) -> HftlError:
+    if key in RENAMED:
+        return HftlError(f"Unknown key `{key}` in {where}: transformers 5 removed it. Use {RENAMED[key]} instead.")
     near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
     hint = f" Did you mean `{near[0]}`?" if near else " See `hftl train --help` for the keys."
     return HftlError(f"Unknown key `{key}` in {where}.{hint}")

@@ -50,7 +50,8 @@ def run_once(argv: list[str], source: Path, cwd: Path) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--no-plan", action="store_true", help="skip `hftl plan` on the demo (it loads its model and data)")
+    parser.add_argument("--no-plan", action="store_true",
+                        help="skip `hftl plan` on the demo (it loads its model and data)")
     parser.add_argument("--against", type=Path, help="another checkout whose hftl is timed beside this one")
     args = parser.parse_args(argv)
     sources = {"": REPO, **({f" [{args.against}]": args.against.resolve()} if args.against else {})}

@@ -31,7 +31,10 @@ TowerStrategy = Literal[TOWER_STRATEGIES]
 CacheMode = Literal["auto", "off", "memory", "disk"]
 ClipMode = Literal["contrastive", "zero_shot", "linear_probe"]
 BadImages = Literal["error", "skip"]
-def key(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None, bounds: Range | None = None) -> Any:
+
+
+def key(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None,
+        bounds: Range | None = None) -> Any:
     """A recipe key: its default and its help (shown by `hftl train --help` and in the README's key table).
     Allowed values come from a `Literal` annotation, or `choices` where they are known only at run time;
     `bounds` is the Range of a numeric key."""

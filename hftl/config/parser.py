@@ -136,8 +136,8 @@ def _typed_for_parser(parser: HfArgumentParser, values: dict[str, Any], recipe_p
     out: dict[str, Any] = {}
     for key, value in values.items():
         if value is None and key not in lists and getattr(actions.get(key), "default", None) is not None:
-            raise HftlError(f"`{key}` is empty (null) in `{recipe_path}`. Give it a value, or drop the line to keep its "
-                            f"default ({_plain(actions[key].default)}).")
+            raise HftlError(f"`{key}` is empty (null) in `{recipe_path}`. Give it a value, or drop the line to keep "
+                            f"its default ({_plain(actions[key].default)}).")
         if key in lists:
             value = [] if value is None else value
             value = [value] if isinstance(value, str) else value
@@ -165,8 +165,9 @@ def _bool_text(key: str, value: bool, allowed, recipe_path: str) -> str:
     words = [str(_plain(a)) for a in allowed]
     meant = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false", "none")) if w in words), None)
     if meant is None:
-        raise HftlError(f"`{key}` in `{recipe_path}` was read as the YAML boolean {str(value).lower()}, which is not one "
-                        f"of its values ({', '.join(words)}). Write one of them (quote it if YAML takes it for a boolean).")
+        raise HftlError(f"`{key}` in `{recipe_path}` was read as the YAML boolean {str(value).lower()}, which is not "
+                        f"one of its values ({', '.join(words)}). Write one of them (quote it if YAML takes it for a "
+                        "boolean).")
     return meant
 
 

@@ -27,8 +27,9 @@ class _RecipeLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise HftlError(
-                f"Recipe `{self.path}` uses the YAML alias `*{event.anchor}` at line {event.start_mark.line + 1}. Recipes "
-                "take no anchors or aliases (`&name`, `*name`, `<<:`): write the value out at each key that needs it."
+                f"Recipe `{self.path}` uses the YAML alias `*{event.anchor}` at line {event.start_mark.line + 1}. "
+                "Recipes take no anchors or aliases (`&name`, `*name`, `<<:`): write the value out at each key that "
+                "needs it."
             )
         return super().compose_node(parent, index)
 
@@ -71,7 +72,8 @@ def read_recipe(path: str) -> dict[str, Any]:
 def _text(path: str) -> str:
     recipe = Path(path)
     if recipe.is_dir():
-        raise HftlError(f"Recipe `{path}` is a folder, not a file. Pass the path of a YAML recipe in it, e.g. {EXAMPLE}.")
+        raise HftlError(f"Recipe `{path}` is a folder, not a file. Pass the path of a YAML recipe in it, e.g. "
+                        f"{EXAMPLE}.")
     if not recipe.is_file():
         raise HftlError(f"Recipe file `{path}` does not exist. Pass the path of a YAML recipe, e.g. {EXAMPLE}.")
     try:

@@ -113,8 +113,8 @@ def _source_rule(values: Mapping[str, Any]) -> None:
     others = [k for k in ("validation_file", "test_file") if values.get(k)]
     if others and not train and not paths.is_local_file(dataset):
         raise HftlError(
-            f"{' and '.join(f'`{k}`' for k in others)} {'go' if len(others) > 1 else 'goes'} with `train_file`: a local "
-            "file of the same type. "
+            f"{' and '.join(f'`{k}`' for k in others)} {'go' if len(others) > 1 else 'goes'} with `train_file`: a "
+            "local file of the same type. "
             + (f"`dataset` ({dataset}) brings its own splits (validation is carved from train when it has none); drop "
                f"{' and '.join(others)} or give `train_file` instead of `dataset`." if dataset else "Set `train_file`.")
         )

@@ -111,7 +111,8 @@ def _check_parquet(where: str, path: Path, split: str) -> None:
 
 
 def diagnose(files: dict[str, str], err: BaseException) -> HftlError:
-    """The error for local files `datasets` could not read: the first file and line at fault, else the reader's cause."""
+    """The error for local files `datasets` could not read: the first file and line at fault, else the reader's
+    own cause."""
     for split, path in files.items():
         found = _find_fault(Path(path))
         if found:

@@ -337,3 +337,14 @@ def test_max_grad_norm_may_be_infinite_and_nan_never(recipe):
     assert load_config(recipe(), ["--max_grad_norm", "inf"]).training.max_grad_norm == float("inf")
     with pytest.raises(HftlError, match=r"must be a finite number >= 0 \(got nan\)"):
         load_config(recipe(), ["--max_grad_norm", "nan"])
+
+
+def test_a_saved_recipe_whose_files_moved_loads_without_the_paths_rule(tmp_path, recipe):
+    """A finished run's hftl_config.yaml names the data and base model it was trained on, which may be gone."""
+    from hftl.config import load_config
+    from hftl.errors import HftlError
+
+    path = recipe(train_file=str(tmp_path / "moved.csv"), model_name_or_path=str(tmp_path / "moved" / "model"))
+    with pytest.raises(HftlError, match="does not exist"):
+        load_config(path)
+    assert load_config(path, check_paths=False).data.train_file == str(tmp_path / "moved.csv")

@@ -47,21 +47,23 @@ def split_tokens(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     return kept, tokens
 
 
-def load_config(recipe_path: str | None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(recipe_path: str | None, overrides: list[str] | None = None, check_paths: bool = True) -> RunConfig:
     """Read a recipe, apply `--key value` overrides, and return the four typed argument objects.
 
-    Without a recipe (`hftl advise --model_name_or_path ... --dataset ...`) every key comes from the overrides."""
+    Without a recipe (`hftl advise --model_name_or_path ... --dataset ...`) every key comes from the overrides.
+    `check_paths=False` skips the paths rule (config/paths.py): for a finished run's hftl_config.yaml, which
+    names the files it was trained on, not the ones it is used with."""
     from hftl.config import rules
 
     values = read_recipe(recipe_path) if recipe_path else {}
     recipe_path = recipe_path or "the command line"
     overrides = join_negative_numbers(list(overrides or []))
     given = {**values, **override_values(overrides)}
-    rules.check_given(given)  # before the heavy imports below
+    rules.check_given(given, check_paths)  # before the heavy imports below
     from hftl.config.parser import parse
 
     config = parse(values, overrides, recipe_path, given)
-    rules.validate(config)
+    rules.validate(config, check_paths)
     return config
 
 

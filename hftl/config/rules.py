@@ -25,19 +25,20 @@ from hftl.config.ranges import TRAINING_RANGES
 from hftl.errors import HftlError
 
 
-def check_given(values: Mapping[str, Any]) -> None:
-    """The rules that need nothing but the values: {key: value as given (a string from the command line)}."""
-    for rule in (_value_rule, _column_rule, _source_rule, paths.check):
+def check_given(values: Mapping[str, Any], check_paths: bool = True) -> None:
+    """The rules that need nothing but the values: {key: value as given (a string from the command line)}.
+    `check_paths=False` for a finished run's saved recipe, whose data and base model may have moved since."""
+    for rule in (_value_rule, _column_rule, _source_rule, *([paths.check] if check_paths else [])):
         rule(values)
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: RunConfig, check_paths: bool = True) -> None:
     """Every rule, on the typed config; the rest run where the facts are known (columns, labels, layer groups).
     The config is not changed after this."""
     from hftl import forgetting
     from hftl.tasks import get_task
 
-    check_given(_flat(config))
+    check_given(_flat(config), check_paths)
     task = get_task(config.transfer.task)
     for rule in (_model_rule, _strategy_rule, _length_rule, _loader_rule, _early_stopping_rule, _capability_rule,
                  _advice_rule):

@@ -89,24 +89,25 @@ def _on_run(command: str, argv: list[str]) -> int:
 
 
 def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
-    from hftl.commands import train
-    from hftl.commands.card import reproduce_command
+    """Each command loads its recipe before importing what it runs: a bad recipe is reported without
+    paying for torch and transformers (config/load.py checks what it can before it imports them)."""
     from hftl.config import load_config
 
     if command == "wise-ft":
-        from hftl.commands import wise_ft
-
         alphas = _take(overrides, "--alphas")
         fine_tuned = _take(overrides, "--fine_tuned")
         config = load_config(recipe, overrides)
+        from hftl.commands import wise_ft
+
         wise_ft.run(config, wise_ft.parse_alphas(alphas) if alphas else list(wise_ft.DEFAULT_ALPHAS), fine_tuned)
         return 0
     if command == "advise":
+        out, samples, force = _take(overrides, "--out"), _take(overrides, "--probe_samples"), _flag(overrides, "--force")
+        samples = _int("--probe_samples", samples, 1000)
+        config = load_config(recipe or None, overrides)
         from hftl.commands import advise
 
-        out, samples, force = _take(overrides, "--out"), _take(overrides, "--probe_samples"), _flag(overrides, "--force")
-        config = load_config(recipe or None, overrides)
-        advise.run(config, recipe or None, overrides, out, _int("--probe_samples", samples, 1000), force)
+        advise.run(config, recipe or None, overrides, out, samples, force)
         return 0
     if command == "sweep":
         from hftl.commands import sweep
@@ -119,6 +120,9 @@ def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
         sweep.run(recipe, overrides, options)
         return 0
     config = load_config(recipe, overrides)
+    from hftl.commands import train
+    from hftl.commands.card import reproduce_command
+
     if command == "plan":
         train.plan(config)
     else:

@@ -88,7 +88,9 @@ def _measured(examples: int, lift: float = 0.8, classes: int = 2, multi_label: b
 
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory):
-    path = write_recipe(tmp_path_factory.mktemp("guide") / "r.yaml", model_name_or_path="x", train_file="t.csv")
+    folder = tmp_path_factory.mktemp("guide")
+    (folder / "t.csv").write_text("text,label\n")  # never read: the guide works on measurements
+    path = write_recipe(folder / "r.yaml", model_name_or_path="x", train_file=str(folder / "t.csv"))
     return load_config(str(path))
 
 

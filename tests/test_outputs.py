@@ -76,4 +76,5 @@ def test_license_is_the_recipes_or_the_base_models_never_invented(tmp_path, tiny
     carded = tmp_path / "carded"
     carded.mkdir()
     (carded / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# a model\n")
+    (carded / "config.json").write_text('{"model_type": "bert"}')  # a model folder has one (checked with the recipe)
     assert _license(config(model_name_or_path=str(carded))) == "cc-by-4.0"

@@ -182,6 +182,7 @@ def test_a_sweep_killed_in_its_first_strategy_resumes(tmp_path, tiny_bert, senti
 
 
 def test_clip_is_refused(tmp_path):
-    recipe = write_recipe(tmp_path / "clip.yaml", task="clip", model_name_or_path="x", train_file="t.csv")
+    (tmp_path / "t.csv").write_text("image,caption\n")  # never read: the task is refused first
+    recipe = write_recipe(tmp_path / "clip.yaml", task="clip", model_name_or_path="x", train_file=str(tmp_path / "t.csv"))
     rc, _, err = _sweep(recipe)
     assert rc == 2 and "compares classification strategies" in err

@@ -66,7 +66,7 @@ def open_run(folder: str, data: dict) -> Finished:
     from hftl.tasks.classification import run_labels
 
     path = check_folder(folder)
-    config = load_config(str(path / "hftl_config.yaml"))
+    config = load_config(str(path / "hftl_config.yaml"), check_paths=False)  # its data or base model may have moved
     task = get_task(config.transfer.task)
     if not task.capabilities.finished_runs:
         able = [n for n in TASKS if get_task(n).capabilities.finished_runs]

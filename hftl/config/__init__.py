@@ -1,23 +1,32 @@
-"""The recipe: keys (config/keys.py), loading (config/load.py), validation (config/rules.py) and
-their documentation (config/docs.py). Import from here: `from hftl.config import load_config`."""
+"""The recipe: keys (config/keys.py), reading the YAML (config/recipe.py), loading (config/load.py),
+validation (config/rules.py) and their documentation (config/docs.py). Import from here:
+`from hftl.config import load_config`.
 
-from hftl.config.docs import README_END, README_START, cli_help, key_table, sync_readme
-from hftl.config.keys import (
-                              ARG_CLASSES,
-                              STRATEGIES,
-                              DataArgs,
-                              ModelArgs,
-                              RunConfig,
-                              TransferArgs,
-                              all_keys,
-                              choices,
-                              redact,
-)
-from hftl.config.load import load_config, override_keys, override_values, read_recipe, split_tokens, write_resolved
-from hftl.config.rules import validate
+Names load on first use, so a command that fails on its recipe (a missing file, bad YAML, a value
+out of range) reports it before torch and transformers are imported.
+"""
 
-__all__ = [
-    "ARG_CLASSES", "README_END", "README_START", "STRATEGIES", "DataArgs", "ModelArgs", "RunConfig", "TransferArgs",
-    "all_keys", "choices", "cli_help", "key_table", "load_config", "override_keys", "override_values", "read_recipe",
-    "redact", "split_tokens", "sync_readme", "validate", "write_resolved",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "hftl.config.docs": ("README_END", "README_START", "cli_help", "key_table", "sync_readme"),
+    "hftl.config.keys": ("ARG_CLASSES", "STRATEGIES", "DataArgs", "ModelArgs", "RunConfig", "TransferArgs", "all_keys",
+                         "arg_classes", "choices", "redact"),
+    "hftl.config.load": ("load_config", "override_keys", "override_values", "split_tokens", "write_resolved"),
+    "hftl.config.recipe": ("read_recipe",),
+    "hftl.config.rules": ("validate",),
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str):
+    if name in _MODULE:
+        return getattr(importlib.import_module(_MODULE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

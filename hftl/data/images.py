@@ -167,17 +167,6 @@ def _check_inside(paths: list[str], root: str, split: str) -> None:
         )
 
 
-def check_settings(data: DataArgs) -> None:
-    """The recipe's image keys, checked with the rest of the recipe (before any data is read)."""
-    if not 0 < data.crop_min_scale <= 1:
-        raise HftlError(f"crop_min_scale must be in (0, 1] (got {data.crop_min_scale}); 1 turns random crops off.")
-    if data.image_size is not None and data.image_size < 8:
-        raise HftlError(f"image_size must be at least 8 pixels (got {data.image_size}).")
-    if data.max_image_pixels < 1:
-        raise HftlError(f"max_image_pixels must be at least 1 (got {data.max_image_pixels}); it caps width x height "
-                        "of any image read (default 25,000,000).")
-
-
 # ---------------------------------------------------------------- decoding and checking
 
 

@@ -6,6 +6,7 @@ validation split is carved from train with `split_seed`, so it stays put across 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ import datasets
 from datasets import ClassLabel, DatasetDict, Value
 
 from hftl.data import builtin
+from hftl.data import files as data_files
 from hftl.errors import HftlError, first_line
 
 if TYPE_CHECKING:
@@ -39,29 +41,8 @@ def _local_files(data: DataArgs) -> dict[str, str]:
         files["train"] = files["train"] or data.dataset
     files = {split: f for split, f in files.items() if f}
     for split, path in files.items():
-        if not Path(path).is_file():
-            raise HftlError(f"The {split} file `{path}` does not exist. Check the path in `{split}_file`.")
-        if _is_empty(path):
-            raise HftlError(f"The {split} file `{path}` is empty (0 rows). Point `{split}_file` at a file with examples.")
+        data_files.check(split, path)
     return files
-
-
-def _is_empty(path: str) -> bool:
-    """No data rows. Checked here because `datasets` fails on such a file with a message that does not say so."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows == 0
-    needed = 2 if suffix in (".csv", ".tsv") else 1  # csv/tsv: a header line, then rows
-    found = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip() not in ("", "[", "]", "[]"):
-                found += 1
-                if found >= needed:
-                    return False
-    return True
 
 
 def is_saved_dataset(folder: str) -> bool:
@@ -84,23 +65,32 @@ def _read(data: DataArgs, trust_remote_code: bool, read_folder=None) -> DatasetD
         if any(b != builders[0] for b in builders):
             raise HftlError("train/validation/test files must share one file type; convert them to the same format.")
         name, kwargs = builders[0]
-        return _load(name, data_files=files, **kwargs)
+        return _load(name, data_files=files, local=files, **kwargs)
     if not data.dataset:
         raise HftlError("No data given. Set `dataset` (Hub name, local file/folder or builtin:NAME) or `train_file`.")
     return _load(data.dataset, data.dataset_config, trust_remote_code=trust_remote_code or None)
 
 
-def _load(*args, **kwargs) -> DatasetDict:
+def _load(*args, local: dict[str, str] | None = None, **kwargs) -> DatasetDict:
+    """`datasets.load_dataset`; a failure on `local` files names the file and line, never the network."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    readers = logging.getLogger("datasets.packaged_modules")  # the csv/json readers log their failure as an error
+    level = readers.level
+    if local:
+        readers.setLevel(logging.CRITICAL)  # ... which diagnose() below reports better, once
     try:
         loaded = datasets.load_dataset(*args, **kwargs)
     except HftlError:
         raise
     except Exception as err:  # the datasets library raises many types; the user needs the message
+        if local:
+            raise data_files.diagnose(local, err) from None
         raise HftlError(
-            f"Could not load dataset `{args[0]}`: {first_line(err)}. Check the name (and `dataset_config`), the files, "
-            "or your network; offline, use local files or a builtin: dataset."
+            f"Could not load dataset `{args[0]}`: {first_line(data_files.root_cause(err))}. Check the name (and "
+            "`dataset_config`), or your network; offline, use local files or a builtin: dataset."
         ) from None
+    finally:
+        readers.setLevel(level)
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict(train=loaded)
     return loaded
@@ -134,6 +124,8 @@ def load_splits(
 
 
 def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | None) -> DatasetDict:
+    """Validation carved from train, stratified where every class has 2 rows; a class that would end up in
+    validation alone stays in train. Label faults found here are the training data's, and named so."""
     train = raw["train"]
     n_val = int(round(len(train) * data.validation_split))
     if n_val < 1 or len(train) - n_val < 1:
@@ -143,9 +135,11 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
         )
     stratify, temporary = None, False
     feature = train.features.get(stratify_column) if stratify_column else None
+    if isinstance(feature, Value):
+        _check_labels(train[stratify_column], stratify_column, data)
     if isinstance(feature, ClassLabel):
         stratify = stratify_column
-    elif isinstance(feature, Value) and None not in set(train[stratify_column]):
+    elif isinstance(feature, Value):
         # plain string/int labels: stratify on a class-encoded copy, so every class is in both parts
         train = train.add_column(STRATA, [str(v) for v in train[stratify_column]]).class_encode_column(STRATA)
         stratify, temporary = STRATA, True
@@ -155,8 +149,43 @@ def _carve_validation(raw: DatasetDict, data: DataArgs, stratify_column: str | N
             stratify = None
     parts = train.train_test_split(test_size=n_val, seed=data.split_seed, stratify_by_column=stratify)
     raw["train"], raw["validation"] = parts["train"], parts["test"]
+    if feature is not None:
+        raw = _keep_every_class_in_train(raw, STRATA if temporary else stratify_column)
     if temporary:
         raw["train"], raw["validation"] = raw["train"].remove_columns(STRATA), raw["validation"].remove_columns(STRATA)
+    return raw
+
+
+def describe_train(data: DataArgs) -> str:
+    """Where the training rows come from, for messages about them."""
+    if data.train_file:
+        return f"the train file `{data.train_file}`"
+    return f"the training data of `{data.dataset}`"
+
+
+def _check_labels(values: list, column: str, data: DataArgs) -> None:
+    """Empty labels in the rows a validation split is carved from are the training data's fault."""
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if empty:
+        raise HftlError(
+            f"{describe_train(data)[0].upper()}{describe_train(data)[1:]} has {len(empty)} row(s) with an empty label "
+            f"in `{column}` (the first is data row {empty[0] + 1}). Fill or drop them."
+        )
+
+
+def _keep_every_class_in_train(raw: DatasetDict, column: str) -> DatasetDict:
+    """Rows of a class the carve left in validation only (it has too few rows to stratify) go back to train."""
+    seen = set(raw["train"][column])
+    alone = [i for i, v in enumerate(raw["validation"][column]) if v not in seen]
+    if not alone or len(alone) == len(raw["validation"]):
+        return raw
+    moved = raw["validation"].select(alone)
+    names = sorted({str(v) for v in moved[column]})
+    print(f"hftl: {len(alone)} row(s) of class(es) {', '.join(names[:5])} kept in train: too few to stratify, they "
+          "would have been in the carved validation split only.")
+    keep = [i for i in range(len(raw["validation"])) if i not in set(alone)]
+    raw["train"] = datasets.concatenate_datasets([raw["train"], moved])
+    raw["validation"] = raw["validation"].select(keep)
     return raw
 
 

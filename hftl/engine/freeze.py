@@ -18,6 +18,7 @@ from torch import nn
 
 from hftl.engine.layers import LayerGroup, backbone_size
 from hftl.engine.optim import clean_name
+from hftl.engine.strategies import STRATEGIES  # noqa: F401  (spelled there, without torch; imported from here too)
 from hftl.errors import HftlError
 
 # Parameters only pre-training uses (DINOv2/ViT-MAE's mask token): never trained, whatever the plan, so
@@ -29,9 +30,6 @@ def pretraining_only(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in PRETRAINING_ONLY
 
 
-# feature_extraction: only the head trains; partial: the top groups and the head; full: everything;
-# lora: the backbone frozen here, adapters added later (engine/lora.py)
-STRATEGIES = ("feature_extraction", "partial", "full", "lora")
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hftl.engine.freeze import STRATEGIES, FreezePlan
+from hftl.engine.freeze import FreezePlan
 from hftl.engine.layers import LOGIT_GROUPS, LayerGroup
 from hftl.engine.optim import group_lrs
+from hftl.engine.strategies import TOWER_STRATEGIES  # noqa: F401  (adapters are planned for one tower only)
 
 TOWER_NAMES = ("text", "vision")
-TOWER_STRATEGIES = tuple(s for s in STRATEGIES if s != "lora")  # adapters are planned for one tower only
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from hftl.engine.freeze import STRATEGIES
-from hftl.engine.transfer import TransferPlan
+from hftl.engine.strategies import STRATEGIES
 from hftl.errors import HftlError
 
 if TYPE_CHECKING:  # the recipe config is the task's input; tasks never import it at run time (no cycle)
     from datasets import DatasetDict
 
     from hftl.config import RunConfig
+    from hftl.engine.transfer import TransferPlan
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Task:
     training_defaults: ClassVar[dict[str, Any]] = {}  # TrainingArguments defaults of this task; a user's own win
     cache_input: ClassVar[str] = "inputs_embeds"  # where cached features enter the model's forward
     required_training: ClassVar[dict[str, Any]] = {}  # TrainingArguments values the task cannot work without
+    model_kind: ClassVar[str] = ""  # the checkpoints it takes (tasks/checkpoints.KINDS); empty: any
 
     # ---------------------------------------------------------------- recipe
 
@@ -142,6 +143,8 @@ class Task:
 
     def plan(self, config: RunConfig, model) -> TransferPlan:
         """The recipe's transfer plan for `model` (not applied yet): one freeze plan and lr plan over its groups."""
+        from hftl.engine.transfer import TransferPlan
+
         t = config.transfer
         return TransferPlan.build(model, strategy=t.strategy, unfrozen_groups=t.unfrozen_groups,
                                   learning_rate=config.training.learning_rate, layer_decay=t.layer_decay,

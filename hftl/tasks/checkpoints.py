@@ -31,8 +31,48 @@ def model_source(config: RunConfig) -> str:
     return builtin.model_path(name) if builtin.is_builtin(name) else name
 
 
-def load(config: RunConfig, model_class, processor_class, labels=None, what: str = "model", expected: str = ""):
-    """(model, processor) from the recipe's checkpoint; `labels` (tasks.classification.Labels) sizes a new head."""
+KINDS = {
+    "text": "a text model (BERT, RoBERTa, DeBERTa, ModernBERT and their family)",
+    "image": "an image model (ViT, DeiT, DINOv2, ResNet, ConvNeXt, EfficientNet and their family)",
+    "dual": "a dual encoder (CLIP, VisionTextDualEncoder, SigLIP)",
+}
+
+
+def kinds_of(model_config) -> set[str]:
+    """What a checkpoint's config is (`text`, `image`, `dual`; a few are two); empty where hftl cannot tell."""
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    found = set()
+    if getattr(model_config, "text_config", None) is not None and getattr(model_config, "vision_config", None) is not None:
+        found.add("dual")
+    if type(model_config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        found.add("image")
+    if type(model_config) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        found.add("text")
+    return found
+
+
+def check_kind(config: RunConfig, model_config, kind: str) -> None:
+    """A checkpoint of another kind than the task's is named with the task it fits, before its processor
+    loader fails on it (a tokenizer asked of an image model, an image processor of a text model)."""
+    found = kinds_of(model_config)
+    if not kind or not found or kind in found:
+        return
+    from hftl.tasks import TASKS, get_task
+
+    fitting = [name for name in TASKS if get_task(name).model_kind in found]
+    architecture = (getattr(model_config, "architectures", None) or [type(model_config).__name__])[0]
+    raise HftlError(
+        f"`{config.model.model_name_or_path}` is a {architecture} (model type `{model_config.model_type}`), "
+        f"{KINDS[sorted(found)[0]]}, but task {config.transfer.task} needs {KINDS[kind]}. Use task "
+        f"{' or '.join(fitting) or '(none fits)'} for this checkpoint, or give the task a checkpoint of its kind."
+    )
+
+
+def load(config: RunConfig, model_class, processor_class, labels=None, what: str = "model", expected: str = "",
+         kind: str = ""):
+    """(model, processor) from the recipe's checkpoint; `labels` (tasks.classification.Labels) sizes a new head;
+    `kind` (KINDS) is what the task needs, checked before the processor loads."""
     from transformers import AutoConfig
 
     source = model_source(config)
@@ -45,6 +85,7 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
     weights = {} if config.model.from_scratch else _weights_format(config, source)
     try:
         model_config = AutoConfig.from_pretrained(source, **head, **common)
+        check_kind(config, model_config, kind)
         _set_config_keys(config, model_config)
         for warning in precision.warnings_for(model_config.model_type, config.training.fp16, config.training.bf16):
             print(f"hftl: warning: {warning}", flush=True)

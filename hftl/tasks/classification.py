@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from datasets import ClassLabel, DatasetDict, Sequence
 
-from hftl import metrics
 from hftl.errors import HftlError
 from hftl.tasks.base import Task
 
@@ -219,6 +218,8 @@ class ClassificationTask(Task):
 
 
 def classification_metrics(labels: Labels):
+    from hftl import metrics  # evaluate, imported where metrics are computed: `hftl plan` needs none
+
     accuracy, f1 = metrics.load("accuracy"), metrics.load("f1")
 
     def compute(eval_pred):

@@ -102,6 +102,7 @@ class Clip(Task):
     name = "clip"
     pipeline_task = "zero-shot-image-classification"
     capabilities = Capabilities(zero_shot=True, towers=TOWER_NAMES, phases=False, strategies=TOWER_STRATEGIES)
+    model_kind = "dual"
     # images and captions feed the transform: the Trainer must keep their columns
     required_training = {"remove_unused_columns": False}
 
@@ -138,18 +139,9 @@ class Clip(Task):
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
-        t = config.transfer  # clip_mode and the tower strategies are checked against their allowed values already
+        t = config.transfer  # clip_mode, the tower strategies and the towers' numbers are checked with their keys
         if t.clip_mode != "contrastive" and config.data.augment and "augment" in config.user_keys:
             raise HftlError(f"clip_mode {t.clip_mode} embeds each image once, so it cannot augment: drop `augment: true`.")
-        for tower in TOWER_NAMES:
-            decay, lr = getattr(t, f"{tower}_layer_decay"), getattr(t, f"{tower}_learning_rate")
-            unfrozen = getattr(t, f"{tower}_unfrozen_groups")
-            if decay is not None and decay <= 0:
-                raise HftlError(f"{tower}_layer_decay must be > 0 (got {decay}); 1.0 means no decay.")
-            if lr is not None and lr < 0:
-                raise HftlError(f"{tower}_learning_rate must be >= 0 (got {lr}).")
-            if unfrozen is not None and unfrozen < 0:
-                raise HftlError(f"{tower}_unfrozen_groups must be >= 0 (got {unfrozen}).")
         if config.data.label_separator:
             raise HftlError(f"task {self.name} takes one label per image (a caption per class): drop label_separator.")
         for template in config.data.prompt_templates:

@@ -118,7 +118,8 @@ def load_dual(config: RunConfig, layout: tuple):
 
     classes, expected, _ = LAYOUTS[layout]
     task, name = config.transfer.task, config.model.model_name_or_path
-    model, processor = checkpoints.load(config, AutoModel, AutoProcessor, what="dual encoder", expected=expected)
+    model, processor = checkpoints.load(config, AutoModel, AutoProcessor, what="dual encoder", expected=expected,
+                                         kind="dual")
     found = tower_layout(model)
     if found is None and looks_dual(model):
         raise unmapped_dual_error(model)

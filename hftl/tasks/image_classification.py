@@ -36,6 +36,7 @@ class ImageClassification(ClassificationTask):
     pipeline_task = "image-classification"
     capabilities = Capabilities(cached_features=True, source_batches=True, replay=True, compare=True,
                                 finished_runs=True)
+    model_kind = "image"
     # images are decoded and augmented on the fly from the `image_column`, which the model's forward does not name:
     # the Trainer must keep that column
     required_training = {"remove_unused_columns": False}
@@ -93,6 +94,7 @@ class ImageClassification(ClassificationTask):
         model, processor = checkpoints.load(
             config, AutoModelForImageClassification, AutoImageProcessor, labels, what="image model",
             expected="a Hub id, a folder with config.json and preprocessor_config.json, or builtin:dinov2-small",
+            kind=self.model_kind,
         )
         preprocess = Preprocess(processor, config.data, getattr(model.config, "num_channels", 3))
         if config.data.image_size:

@@ -50,6 +50,7 @@ class TextClassification(ClassificationTask):
         text_embeddings=True, source_batches=True, replay=True, lora_task_type="SEQ_CLS", compare=True,
         finished_runs=True,
     )
+    model_kind = "text"
     training_defaults = {"train_sampling_strategy": "group_by_length"}  # length-grouped batches waste little on padding
 
     def cache_blockers(self, config: RunConfig, model=None) -> list[str]:
@@ -68,7 +69,8 @@ class TextClassification(ClassificationTask):
 
     def build_model(self, config: RunConfig, labels: Labels) -> Loaded:
         model, tokenizer = checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
-                                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6")
+                                            expected="a Hub id, a folder with config.json, or builtin:minilm-l6",
+                                            kind=self.model_kind)
         return Loaded(model, tokenizer, labels)
 
     def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:

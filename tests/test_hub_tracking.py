@@ -81,7 +81,8 @@ def _train(tmp_path: Path, tiny_bert, sentiment_csv, monkeypatch, **values):
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory, tiny_bert, sentiment_csv):
     """Full fine-tuning, layer_decay 0.5, LP-FT (the head alone for the first epoch), TensorBoard on, a
-    checkpoint every 3 steps, pushed at the end; use_cpu off, as a user's recipe has it."""
+    checkpoint every 3 steps, pushed at the end; `use_cpu: false`, so only hftl's pin-memory default keeps torch
+    from warning on this CPU machine."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         yield _train(tmp_path_factory.mktemp("push"), tiny_bert, sentiment_csv, monkeypatch, strategy="full",
                      layer_decay=0.5, learning_rate=1e-3, head_lr=1e-2, head_warmup_epochs=1, num_train_epochs=2,
@@ -161,6 +162,21 @@ def test_the_console_has_no_load_report_and_no_pin_memory_warning(pushed):
     assert not [w for w in caught if "pin_memory" in str(w.message)]
     assert "lr/" not in console  # the per-group series go to the trackers, not into the console's log lines
     assert "'loss'" in console and "***** final metrics *****" in console  # the Trainer's own lines stay
+
+
+def test_without_an_accelerator_a_recipe_runs_on_cpu_without_pinned_memory(tmp_path, tiny_bert):
+    """use_cpu makes `accelerate launch` on CPUs a real DDP run (without it each rank trains alone)."""
+    import torch
+
+    from hftl.config import load_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_bert}\ntrain_file: t.csv\n")
+    accelerator = torch.accelerator.is_available()
+    args = load_config(str(recipe)).training
+    assert args.use_cpu is (not accelerator) and args.dataloader_pin_memory is accelerator
+    kept = load_config(str(recipe), ["--use_cpu", "false", "--dataloader_pin_memory", "true"]).training
+    assert kept.use_cpu is False and kept.dataloader_pin_memory is True  # a recipe's own choice wins
 
 
 def test_a_failing_load_still_shows_transformers_report():

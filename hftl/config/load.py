@@ -138,7 +138,8 @@ def defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """hftl's defaults, applied before validation; the recipe and the command line still win.
 
     The task's own (e.g. image tasks keep their image column), then: replay needs a static DDP graph,
-    `from_scratch` means strategy full, bf16 on GPUs that have it, and no pinned memory without an accelerator."""
+    `from_scratch` means strategy full, bf16 on GPUs that have it, and on a machine without an accelerator
+    `use_cpu` and no pinned memory."""
     from hftl.tasks import get_task
 
     given = {**values, **override_values(overrides)}
@@ -151,8 +152,11 @@ def defaults(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         out["strategy"] = "full"  # random weights: every layer trains
     if not set(given) & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
         out["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
-    if "dataloader_pin_memory" not in given and not _has_accelerator():
-        out["dataloader_pin_memory"] = False  # pinned memory speeds host-to-GPU copies; without a GPU torch warns
+    if not _has_accelerator():
+        if "use_cpu" not in given:
+            out["use_cpu"] = True  # what the machine has; without it `accelerate launch` on CPUs trains unsynchronised copies
+        if "dataloader_pin_memory" not in given:
+            out["dataloader_pin_memory"] = False  # pinned memory speeds host-to-GPU copies; without a GPU torch warns
     return out
 
 

@@ -6,5 +6,6 @@ use them. Modules: `layers` (ordered layer groups), `towers` (per-tower plans of
 encoders), `freeze` (FreezePlan), `optim` (param groups with explicit lrs), `phases` (LP-FT
 and gradual unfreezing), `plan` (the table, CSV and chart), `transfer` (TransferPlan, the
 public plan object), `features` (cached backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `preflight` (output folder,
-resume, integrations) and `trainer` (TransferTrainer).
+resume, integrations), `tracking` (per-group lr series for report_to's trackers) and `trainer`
+(TransferTrainer).
 """

@@ -59,13 +59,18 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
     return model, processor
 
 
+SHOWN = 6  # modules named per kind; a load where most of the model is new says how much more
+
+
 def _modules(keys) -> str:
     """`classifier (2 tensors), pooler.dense (2 tensors)`: parameter names grouped by their module."""
     counts: dict[str, int] = {}
     for key in sorted(keys):
         module = key.rsplit(".", 1)[0] if "." in key else key
         counts[module] = counts.get(module, 0) + 1
-    return ", ".join(f"{m} ({n} tensor{'s' if n > 1 else ''})" for m, n in counts.items())
+    shown = [f"{m} ({n} tensor{'s' if n > 1 else ''})" for m, n in counts.items()]
+    more = f" and {len(shown) - SHOWN} more modules ({sum(counts.values())} tensors in all)" if len(shown) > SHOWN else ""
+    return ", ".join(shown[:SHOWN]) + more
 
 
 def loading_summary(info: dict) -> str:

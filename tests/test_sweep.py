@@ -116,6 +116,9 @@ def test_sweep_writes_a_complete_table_survives_a_failure_and_resumes(tmp_path, 
     assert "| lora | failed: " in table and "| scratch | " in table and "macro-F1" in table
     assert (folder / "sweep.png").stat().st_size > 10_000
     assert (folder / "logs" / "lora.log").is_file()
+    console = (folder / "logs" / "feature_extraction.log").read_text()  # a real `hftl train` process's output
+    assert "hftl: initialised at random (not in the checkpoint): classifier (2 tensors)." in console
+    assert "LOAD REPORT" not in console and "Traceback" not in console
 
     # a second sweep into the same folder is refused, and nothing is touched
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}

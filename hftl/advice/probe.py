@@ -1,7 +1,7 @@
 """What `hftl advise` measures about a model and a dataset, before any training.
 
-- A linear probe: a logistic-regression head on the frozen backbone's mean-pooled features of a
-  stratified sample, scored by cross-validation. It is feature extraction in miniature, so its
+- A linear probe: a logistic-regression head (scikit-learn) on the frozen backbone's mean-pooled
+  features of a stratified sample, scored by stratified k-fold cross-validation as balanced accuracy. It is feature extraction in miniature, so its
   score says how much of the task the pre-trained features already carry; against chance it is
   the toolkit's measure of domain similarity.
 - For text, how the tokenizer sees the data: sub-words per whitespace word (fragmentation) and
@@ -99,64 +99,59 @@ def features(config: RunConfig, task, loaded, sample: Dataset, batch_size: int =
 
 
 def _folds(targets: np.ndarray, multi_label: bool, seed: int) -> list[np.ndarray]:
-    """Fold index per example: stratified (round-robin within each shuffled class) for single-label."""
-    rng = np.random.default_rng(seed)
-    n = len(targets)
+    """Held-out indices per fold: stratified for single-label (StratifiedKFold, as many folds as the smallest
+    class allows, up to FOLDS), plain shuffled folds for multi-label (scikit-learn has no multi-label stratifier)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     if multi_label:
-        k = min(FOLDS, n)
-        return [fold for fold in np.array_split(rng.permutation(n), k)]
-    smallest = min(np.bincount(targets)[np.unique(targets)])
-    k = int(min(FOLDS, smallest))
-    fold_of = np.empty(n, dtype=int)
-    for value in np.unique(targets):
-        where = rng.permutation(np.flatnonzero(targets == value))
-        fold_of[where] = (np.arange(len(where)) + rng.integers(k)) % k
-    return [np.flatnonzero(fold_of == f) for f in range(k)]
+        splitter = KFold(n_splits=min(FOLDS, len(targets)), shuffle=True, random_state=seed)
+        return [held for _, held in splitter.split(targets)]
+    smallest = int(np.bincount(targets)[np.unique(targets)].min())
+    splitter = StratifiedKFold(n_splits=min(FOLDS, smallest), shuffle=True, random_state=seed)
+    return [held for _, held in splitter.split(np.zeros(len(targets)), targets)]
 
 
-def _fit_predict(x_fit, y_fit, x_eval, multi_label: bool, classes: int, l2: float = 1e-2) -> np.ndarray:
-    """Logistic regression, L-BFGS on standardised features; returns predictions for x_eval."""
-    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
-    xf = torch.tensor((x_fit - mean) / std, dtype=torch.float32)
-    xe = torch.tensor((x_eval - mean) / std, dtype=torch.float32)
-    outputs = y_fit.shape[1] if multi_label else classes
-    generator = torch.Generator().manual_seed(0)
-    weight = (torch.randn(xf.shape[1], outputs, generator=generator) * 0.01).requires_grad_()
-    bias = torch.zeros(outputs, requires_grad=True)
-    target = torch.tensor(y_fit, dtype=torch.float32 if multi_label else torch.long)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-    loss_of = torch.nn.functional.binary_cross_entropy_with_logits if multi_label else torch.nn.functional.cross_entropy
+def _logistic(n: int):
+    """Logistic regression on standardised features. C = 50 / n is an L2 penalty of 1e-2 * ||w||^2 on the mean
+    loss, whatever the fold's size; lbfgs converges well within max_iter on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_of(xf @ weight + bias, target) + l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
+    return make_pipeline(StandardScaler(), LogisticRegression(C=50.0 / n, max_iter=1000))
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    logits = (xe @ weight + bias).detach().numpy()
-    return (logits > 0).astype(int) if multi_label else logits.argmax(1)
+
+def _fit_predict(x_fit, y_fit, x_eval, multi_label: bool) -> np.ndarray:
+    """Predictions for x_eval; multi-label: one binary regression per label, a label constant in the fit
+    split predicted as that constant."""
+    if not multi_label:
+        return _logistic(len(x_fit)).fit(x_fit, y_fit).predict(x_eval)
+    pred = np.zeros((len(x_eval), y_fit.shape[1]), dtype=int)
+    for j in range(y_fit.shape[1]):
+        column = y_fit[:, j].astype(int)
+        pred[:, j] = _logistic(len(x_fit)).fit(x_fit, column).predict(x_eval) if len(np.unique(column)) > 1 \
+            else column[0]
+    return pred
 
 
 def balanced_accuracy(pred: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
-    if multi_label:  # per label, over the labels the sample holds both with and without
-        scores = []
-        for j in range(targets.shape[1]):
-            t, p = targets[:, j].astype(int), pred[:, j]
-            if np.any(t == 0) and np.any(t == 1):
-                scores.append(np.mean([np.mean(p[t == v] == v) for v in (0, 1)]))
-        return float(np.mean(scores)) if scores else 0.5
-    return float(np.mean([np.mean(pred[targets == v] == v) for v in np.unique(targets)]))
+    """Mean recall per class; multi-label: the mean over labels the sample holds both with and without."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    if not multi_label:
+        return float(balanced_accuracy_score(targets, pred))
+    scores = [balanced_accuracy_score(targets[:, j].astype(int), pred[:, j]) for j in range(targets.shape[1])
+              if len(np.unique(targets[:, j])) == 2]
+    return float(np.mean(scores)) if scores else 0.5
 
 
 def linear_probe(x: np.ndarray, targets: np.ndarray, multi_label: bool, classes: int, seed: int = 0) -> Probe:
-    """Cross-validated balanced accuracy of a linear head on frozen features."""
+    """Cross-validated balanced accuracy of a linear head on frozen features (`classes`: the label set's size)."""
     folds = _folds(targets, multi_label, seed)
-    pred = np.zeros_like(targets) if multi_label else np.zeros(len(targets), dtype=int)
+    pred = np.zeros(targets.shape, dtype=int) if multi_label else np.zeros(len(targets), dtype=int)
     for held in folds:
         fit = np.setdiff1d(np.arange(len(targets)), held)
-        pred[held] = _fit_predict(x[fit], targets[fit], x[held], multi_label, classes)
+        pred[held] = _fit_predict(x[fit], targets[fit], x[held], multi_label)
     present = targets.shape[1] if multi_label else len(np.unique(targets))
     chance = 0.5 if multi_label else 1.0 / present
     return Probe(balanced_accuracy(pred, targets, multi_label), chance, len(targets), len(folds))

@@ -2,12 +2,16 @@
 
 - `ForgettingReport` (`source_eval`): k-NN accuracy of the encoder's embeddings on source data.
 - `ZeroShotReport` (tasks with zero-shot metrics): the task's zero-shot scores before and after.
-- `FeatureCache` (a frozen backbone): the backbone runs once; the head trains on its outputs.
+- `FeatureCache` (a frozen backbone): the backbone runs once; the head trains on its outputs (a disk cache
+  is removed after the fit: it is no result, and it would be pushed with the run folder).
 - `ReplayHead` (`replay_data`): the source head leaves the model before it is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import default_data_collator
@@ -57,6 +61,7 @@ class FeatureCache(Extra):
         if "input_ids" in inputs.datasets["train"].column_names:
             inputs.lengths = [len(ids) for ids in inputs.datasets["train"]["input_ids"]]  # batches grouped as uncached
         disk = f"{args.output_dir}/feature_cache/rank{args.process_index}" if config.transfer.cache_features == "disk" else None
+        self.disk = disk
         spec = CacheSpec(args.per_device_eval_batch_size, args.device, task.cache_input, task.cache_tokens(run.model), disk)
         inputs.datasets = cached_splits(run.model, inputs.datasets, inputs.collator, spec)
         swap.detach()
@@ -66,6 +71,10 @@ class FeatureCache(Extra):
         inputs.swap.attach()  # from here on (reports, save, push) the model is whole
         inputs.datasets, inputs.collator = self.original
         inputs.swap, inputs.lengths = None, None
+        if self.disk:  # a cache, not a result: it would be pushed to the Hub with the run folder
+            shutil.rmtree(self.disk, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                Path(self.disk).parent.rmdir()  # the last rank out removes the empty feature_cache folder
 
 
 class ReplayHead(Extra):

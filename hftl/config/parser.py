@@ -103,7 +103,8 @@ def defaults(given: dict[str, Any]) -> dict[str, Any]:
     """hftl's defaults, applied before validation; the recipe and the command line still win.
 
     The task's own (e.g. image tasks keep their image column), then: replay needs a static DDP graph,
-    `from_scratch` means strategy full, and bf16 on GPUs that have it."""
+    `from_scratch` means strategy full, bf16 on GPUs that have it, and on a machine without an accelerator
+    `use_cpu` and no pinned memory."""
     from hftl.tasks import get_task
 
     out = get_task(str(given.get("task", "text-classification"))).defaults(given)
@@ -115,6 +116,11 @@ def defaults(given: dict[str, Any]) -> dict[str, Any]:
         out["strategy"] = "full"  # random weights: every layer trains
     if not set(given) & {"bf16", "fp16", "use_cpu"} and _gpu_has_bf16():
         out["bf16"] = True  # Ampere and newer: about 2x the fp32 speed, same accuracy
+    if not _has_accelerator():
+        if "use_cpu" not in given:
+            out["use_cpu"] = True  # what the machine has; without it `accelerate launch` on CPUs trains unsynchronised copies
+        if "dataloader_pin_memory" not in given:
+            out["dataloader_pin_memory"] = False  # pinned memory speeds host-to-GPU copies; without a GPU torch warns
     return out
 
 
@@ -122,6 +128,12 @@ def _gpu_has_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def _list_keys(parser: HfArgumentParser) -> set[str]:

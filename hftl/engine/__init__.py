@@ -9,5 +9,5 @@ table, CSV and chart), `transfer` (TransferPlan, the public plan object), `featu
 backbone outputs), `lora` (peft adapters as a strategy), `pooling`, `precision` (precisions known to
 break a family), `preflight` (output folder,
 resume, integrations, the Hub), `run_folder` (the run marker), `checkpoint_files` (checkpoints that
-read back whole) and `trainer` (TransferTrainer).
+read back whole), `tracking` (per-group lr series for report_to's trackers) and `trainer` (TransferTrainer).
 """

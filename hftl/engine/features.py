@@ -209,11 +209,11 @@ def cached_splits(model, encoded: DatasetDict, collator, spec: CacheSpec) -> Dat
         columns = {spec.input_key: feats, "labels": ds["labels"]}
         if spec.input_key == FEATURES:
             columns["attention_mask"] = np.ones(feats.shape[:2], dtype=np.int64)
-        table = Dataset.from_dict(columns)
+        table, where = Dataset.from_dict(columns), ""
         if spec.disk_dir is not None:
             path = f"{spec.disk_dir}/{split}"
             table.save_to_disk(path)
-            table = Dataset.load_from_disk(path)  # memory-mapped: the features need not fit in RAM
+            table, where = Dataset.load_from_disk(path), f", memory-mapped from {path}"  # need not fit in RAM
         result[split] = table.with_format("torch")
-        print(f"hftl: cached {len(ds)} {split} features of shape {list(feats.shape[1:])} (backbone runs once).")
+        print(f"hftl: cached {len(ds)} {split} features of shape {list(feats.shape[1:])} (backbone runs once{where}).")
     return result

@@ -1,9 +1,10 @@
 """TransferTrainer: the HF Trainer with hftl's optimizer groups and model card.
 
 Only two things change: the optimizer is built from the layer-group assignment (explicit lr per
-group, no-decay rule, coverage check), and the model card is hftl's. Everything else
-(evaluation, checkpoints, resume, mixed precision, gradient accumulation, report_to,
-push_to_hub, DDP/FSDP/DeepSpeed through Accelerate) is the Trainer's own code path.
+group, no-decay rule, coverage check), and the model card is hftl's; the trackers of `report_to` also
+get one lr series per layer group (engine/tracking.py). Everything else (evaluation, checkpoints,
+resume, mixed precision, gradient accumulation, report_to, push_to_hub, DDP/FSDP/DeepSpeed through
+Accelerate) is the Trainer's own code path.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from hftl.engine import checkpoint_files
 from hftl.engine.optim import Assignment, clean_name, param_groups
 from hftl.errors import HftlError, SaveFailed, first_line
+from hftl.engine.tracking import track_group_rates
 
 
 class TransferTrainer(Trainer):
@@ -50,6 +52,7 @@ class TransferTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if phases is not None:
             self.add_callback(phases)
+        track_group_rates(self, phases)  # lr/<group> series for report_to's trackers
         # hftl's models return a per-batch mean loss and ignore `num_items_in_batch`. Left True (set for
         # any forward taking **kwargs), the Trainer treats that mean as already normalised: it skips the
         # division by gradient_accumulation_steps and multiplies by world_size under DDP, so losses and

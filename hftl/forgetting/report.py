@@ -1,8 +1,8 @@
 """The forgetting report: a source evaluation before and after fine-tuning.
 
 The source metric here is what a sentence encoder was pre-trained for: general-purpose
-embeddings. It is measured as k-nearest-neighbour accuracy (cosine, mean-pooled last hidden
-state) on a labelled text dataset unrelated to the target task, e.g. `builtin:fine-foods`. A
+embeddings. It is measured as k-nearest-neighbour accuracy (scikit-learn's KNeighborsClassifier,
+cosine, mean-pooled last hidden state) on a labelled text dataset unrelated to the target task, e.g. `builtin:fine-foods`. A
 fine-tuned encoder that kept its general features scores as before; one that forgot scores lower.
 """
 
@@ -45,6 +45,8 @@ def _embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int,
 
 def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     """k-NN accuracy of the encoder's embeddings on `source_eval` (train split as memory, test as queries)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
     name, n = config.transfer.source_eval, config.transfer.source_eval_samples
     data = load_splits(other_data(config.data, name))
     if "text" not in data["train"].column_names or "label" not in data["train"].column_names:
@@ -55,9 +57,7 @@ def knn_accuracy(model, tokenizer, config: RunConfig) -> float:
     args = config.training
     embed = lambda ds: _embed(model, tokenizer, ds["text"], min(config.data.max_length, 128),  # noqa: E731
                               args.per_device_eval_batch_size, args.device)
-    sims = embed(queries) @ embed(memory).T
-    top = np.argsort(-sims, axis=1)[:, :K]
-    _, codes = np.unique([str(v) for v in list(memory["label"]) + list(queries["label"])], return_inverse=True)
-    memory_labels, query_labels = codes[: len(memory)], codes[len(memory) :]
-    predicted = np.array([np.bincount(row).argmax() for row in memory_labels[top]])
-    return float((predicted == query_labels).mean())
+    labels = [str(v) for v in memory["label"]]
+    vote = KNeighborsClassifier(n_neighbors=min(K, len(memory)), metric="cosine", algorithm="brute")
+    predicted = vote.fit(embed(memory), labels).predict(embed(queries))
+    return float(np.mean(predicted == np.array([str(v) for v in queries["label"]])))

@@ -6,10 +6,17 @@ that has its own; with the recipe's model options such as `classifier_pooling`),
 run's precision is known to break the family (engine/precision.py), then the processor and the
 weights, or builds the same architecture from its config for `from_scratch`. `trust_remote_code`
 and `revision` come from the recipe.
+
+transformers logs a table (its "LOAD REPORT") after every load whose keys differ from the checkpoint's.
+For hftl that is the normal case (a new head, a pre-training head left out), so `load` says it in one
+line of its own, naming what is new and what was left out; when the load fails, transformers' table is
+printed as it was, since it then explains the error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,8 +100,11 @@ def load(config: RunConfig, model_class, processor_class, labels=None, what: str
         if config.model.from_scratch:
             model = model_class.from_config(model_config, trust_remote_code=config.model.trust_remote_code, **attention)
         else:
-            model = model_class.from_pretrained(source, config=model_config, ignore_mismatched_sizes=bool(head), **common,
-                                                **attention, **weights)
+            with _held_load_report():
+                model, info = model_class.from_pretrained(source, config=model_config, ignore_mismatched_sizes=bool(head),
+                                                          output_loading_info=True, **common, **attention, **weights)
+            if (summary := loading_summary(info)) and config.training.process_index == 0:
+                print(f"hftl: {summary}")
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         hint = PICKLE_FIX if weights and "safetensors" in str(err) else ""
         raise HftlError(
@@ -143,3 +153,56 @@ def _set_config_keys(config: RunConfig, model_config) -> None:
                 f"(model_type `{model_config.model_type}`) has no such option in its config. Drop `{key}`."
             )
         setattr(model_config, attribute, value)
+
+
+SHOWN = 6  # modules named per kind; a load where most of the model is new says how much more
+
+
+def _modules(keys) -> str:
+    """`classifier (2 tensors), pooler.dense (2 tensors)`: parameter names grouped by their module."""
+    counts: dict[str, int] = {}
+    for key in sorted(keys):
+        module = key.rsplit(".", 1)[0] if "." in key else key
+        counts[module] = counts.get(module, 0) + 1
+    shown = [f"{m} ({n} tensor{'s' if n > 1 else ''})" for m, n in counts.items()]
+    more = f" and {len(shown) - SHOWN} more modules ({sum(counts.values())} tensors in all)" if len(shown) > SHOWN else ""
+    return ", ".join(shown[:SHOWN]) + more
+
+
+def loading_summary(info: dict) -> str:
+    """One line for what a load changed: weights new to the task model, replaced (other shape), left out."""
+    mismatched = {k[0] for k in info.get("mismatched_keys", ())}
+    missing = set(info.get("missing_keys", ())) - mismatched
+    parts = []
+    if missing:
+        parts.append(f"initialised at random (not in the checkpoint): {_modules(missing)}")
+    if mismatched:
+        parts.append(f"replaced by new weights (the checkpoint's have another shape): {_modules(mismatched)}")
+    if info.get("unexpected_keys"):
+        parts.append(f"checkpoint weights this model does not use: {_modules(info['unexpected_keys'])}")
+    return "; ".join(parts) + "." if parts else ""
+
+
+@contextlib.contextmanager
+def _held_load_report():
+    """Hold back transformers' load-report warning (loading_summary says it in one line); print it after all if
+    the load fails, because then it explains the error."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    logger.addFilter(hold)
+    try:
+        yield
+    except BaseException:
+        logger.removeFilter(hold)
+        for record in held:
+            logger.handle(record)
+        raise
+    finally:
+        logger.removeFilter(hold)

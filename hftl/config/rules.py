@@ -21,7 +21,8 @@ def validate(config: RunConfig) -> None:
     from hftl.tasks import get_task
 
     task = get_task(config.transfer.task)
-    for rule in (_model_rule, _choice_rule, _range_rule, _strategy_rule, _early_stopping_rule, _capability_rule):
+    for rule in (_model_rule, _choice_rule, _range_rule, _strategy_rule, _early_stopping_rule, _capability_rule,
+                 _fsdp_rule):
         rule(config, task)
     forgetting.validate(config)  # l2_sp, ewc, replay
     images.check_settings(config.data)  # crop, size
@@ -43,6 +44,13 @@ def _choice_rule(config: RunConfig, task) -> None:
                                 f"{', '.join(allowed)}.")
 
 
+def _fsdp_rule(config: RunConfig, task) -> None:
+    """The FSDP settings from `accelerate launch` (its environment) or the recipe (`fsdp`, `fsdp_config`)."""
+    import os
+
+    from hftl.engine.preflight import check_fsdp
+
+    check_fsdp(os.environ, config.training.fsdp, config.training.fsdp_config)
 
 
 # key -> (bound, whether the bound itself is allowed, what it means)

@@ -68,6 +68,9 @@ class DataArgs:
     split_seed: int = key(42, "Seed of that split, apart from `seed`, so every run of a recipe sees the same split.")
     max_length: int = key(256, "Truncation length in tokens (capped at the model's positions); padding is "
                                "dynamic, per batch.")
+    pad_to_multiple_of: int | None = key(None, "Text: pad each batch to a multiple of N tokens (never past max_length), a "
+                                               "few length buckets instead of one shape per batch; unset: 16 with "
+                                               "torch_compile (CUDA graphs record one graph per shape), else 1.")
     class_names: list[str] = key([], "The label set, in order; a label outside it is an error. Empty: the labels "
                                      "in train.")
     image_column: str = key("image", "Images (Hub, image folder) or image paths (csv/json) for image tasks.")

@@ -58,6 +58,7 @@ RANGES = {
     "layer_decay": (0, False, "1.0 means no decay"),
     "head_warmup_epochs": (0, True, "0 turns it off"),
     "unfreeze_every": (0, True, "0 turns it off"),
+    "pad_to_multiple_of": (1, True, "1 pads to each batch's longest text"),
 }
 
 

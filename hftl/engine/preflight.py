@@ -6,8 +6,11 @@ They take plain values, so a training script of its own can run them too.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import socket
 from pathlib import Path
 
 from hftl.errors import HftlError
@@ -113,6 +116,45 @@ def check_fsdp(env, fsdp, fsdp_config) -> None:
                 "requires_grad\"). Set use_orig_params to true, or use FSDP2 (`fsdp_version: 2`, "
                 "recipes/accelerate/fsdp.yaml), which keeps every original parameter."
             )
+
+
+def recipe_fingerprint(resolved: dict) -> str:
+    """sha256 of a resolved recipe (every key, sorted): equal recipes give equal fingerprints on every node."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_same_recipe(resolved: dict, recipe_path: str) -> None:
+    """Under distributed training, every rank must run the same resolved recipe: a file changed on one node
+    would train different ranks differently (another lr, another freeze plan) and hang or drift silently.
+    One all-gather at start; ranks that disagree all stop with the same message."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    mine = {"fingerprint": recipe_fingerprint(resolved), "recipe": recipe_path, "host": socket.gethostname(),
+            "values": resolved}
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    compare_recipes(gathered)
+
+
+def compare_recipes(gathered: list[dict]) -> None:
+    """Each rank's {fingerprint, recipe, host, values}; refuse when a rank's differs from rank 0's, naming the
+    file on each side and the keys with both values."""
+    first = gathered[0]
+    for rank, other in enumerate(gathered):
+        if other["fingerprint"] == first["fingerprint"]:
+            continue
+        a, b = first["values"], other["values"]
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        shown = "; ".join(f"{k}: {a.get(k, 'unset')!r} on rank 0, {b.get(k, 'unset')!r} on rank {rank}" for k in keys[:6])
+        raise HftlError(
+            f"The ranks disagree on the recipe: rank {rank} runs `{other['recipe']}` on {other['host']} (fingerprint "
+            f"{other['fingerprint']}), rank 0 runs `{first['recipe']}` on {first['host']} (fingerprint "
+            f"{first['fingerprint']}); they differ in {len(keys)} key(s): {shown}{' ...' if len(keys) > 6 else ''}. "
+            "Every node must run the same recipe file and overrides: copy the file to every node (or keep it on shared "
+            "storage) and launch again."
+        )
 
 
 def hide_token(training_args) -> None:

@@ -106,3 +106,63 @@ def test_engine_under_fsdp2_matches_one_process(tmp_path):
     assert [len(groups) for groups in gradual["phases"]] == [1, 2, 3]  # head, + layer.2, + layer.1
     assert lora["trainable_tensors"] == 16  # q/v adapters in 3 blocks (12), pooler and classifier copies (4)
     assert lora["mixed_unit"] == {"frozen": 16, "trainable": 4}  # block 2: frozen weights, its 4 adapter tensors
+
+
+def test_primed_optimizer_state_changes_no_number(tiny_bert):
+    """Priming the waiting groups' AdamW state (what FSDP2 checkpoints need) gives the same weights and state
+    as AdamW's own lazy first step, and the Trainer's callback primes it at train begin."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import hftl
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    runs = []
+    for prime in (False, True):
+        copy_ = copy.deepcopy(model)
+        plan = hftl.TransferPlan.build(copy_, strategy="full", learning_rate=1e-2, weight_decay=0.01)
+        plan.apply()
+        phases = hftl.Phases(plan, unfreeze_every=1)
+        optimizer = plan.optimizer(torch.optim.AdamW)
+        if prime:
+            assert phases.prime(optimizer) == sum(p.requires_grad for p in copy_.parameters())
+            assert phases.prime(optimizer) == 0  # state already there: nothing primed twice
+        batch = {"input_ids": torch.randint(5, 20, (4, 8), generator=torch.Generator().manual_seed(0)),
+                 "labels": torch.tensor([0, 1, 0, 1])}
+        copy_.train()
+        torch.manual_seed(1)  # the same dropout in both runs
+        for step in range(4):
+            phases.on_epoch(step / 2)  # head, then + layer.1
+            copy_(**batch).loss.backward()
+            phases.drop_inactive_grads()
+            optimizer.step()
+            optimizer.zero_grad()
+        runs.append((copy_, optimizer, phases))
+    (plain, plain_opt, _), (primed, primed_opt, phases) = runs
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), primed.state_dict().values()))
+    waiting = phases.inactive[0]  # layer.0 still waits: zero state in the primed run, none in the plain one
+    assert float(primed_opt.state[waiting]["step"]) == 0 and not primed_opt.state[waiting]["exp_avg"].any()
+    for a, b in zip(plain.parameters(), primed.parameters()):
+        if plain_opt.state.get(a):
+            assert all(torch.equal(plain_opt.state[a][k], primed_opt.state[b][k]) for k in plain_opt.state[a])
+
+
+def test_the_trainer_primes_the_waiting_groups_at_train_begin(recipe, tmp_path):
+    from transformers import TrainerCallback
+
+    from hftl.commands.train import train
+    from hftl.config import load_config
+
+    class Seen(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if state.global_step == 0:
+                inner = getattr(optimizer, "optimizer", optimizer)
+                self.without = [n for n, p in model.named_parameters() if p.requires_grad and not inner.state.get(p)]
+
+    seen = Seen()
+    config = load_config(recipe(unfreeze_every=1, max_steps=1, output_dir=str(tmp_path / "out")))
+    train(config, "test", callbacks=[seen])
+    assert seen.without == []  # every parameter that requires grad has state before the first step

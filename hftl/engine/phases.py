@@ -4,9 +4,12 @@ A phase is a span of training with one set of active layer groups. The recipe's 
 the last phase; earlier phases are subsets of it. Every parameter that trains in any phase has
 `requires_grad=True` from step 0, so DDP/FSDP register it and all-reduce its gradient on every
 step; a group that is not active yet has its (synchronised) gradient dropped before clipping and
-the optimizer step, so AdamW neither moves it nor builds state for it, and its modules stay in
-eval mode. The phase is a pure function of the epoch, so a resumed run is in the same phase as
-the run it continues, with the optimizer state it saved (no rebuild, ever).
+the optimizer step, so AdamW does not move it, and its modules stay in eval mode; its optimizer
+state is primed at train begin to what its first step would create (zeros), so checkpoints hold
+state for every parameter that requires grad, as FSDP2's state dicts demand. Tensors are looked
+up by name on each phase change: FSDP2's `fully_shard` replaces them after the plan is built. The
+phase is a pure function of the epoch, so a resumed run is in the same phase as the run it
+continues, with the optimizer state it saved (no rebuild, ever).
 """
 
 from __future__ import annotations
@@ -83,7 +86,9 @@ class Phases(TrainerCallback):
     backward, before clipping and the optimizer step. Every parameter that trains in any phase has
     `requires_grad=True` from step 0 (DDP and FSDP register it; the optimizer holds it); a group that
     waits has its gradient zeroed as it arrives (so clipping and the all-reduce see nothing of it)
-    and dropped before the step (so AdamW neither moves it nor builds state for it)."""
+    and dropped before the step (so AdamW neither moves nor decays it). Under FSDP2 build the optimizer
+    after `fully_shard` and call `prime(optimizer)` once before the first step (the Trainer callback
+    primes at train begin)."""
 
     def __init__(self, plan: TransferPlan, head_warmup_epochs: float = 0, unfreeze_every: float = 0,
                  eval_frozen: bool = True):

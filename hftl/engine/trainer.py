@@ -63,6 +63,7 @@ class TransferTrainer(Trainer):
             for key in ("params", "model", "optimizer_dict"):
                 optimizer_kwargs.pop(key, None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.callback_handler.optimizer = self.optimizer  # callbacks see it (Phases primes its state at train begin)
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):

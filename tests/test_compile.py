@@ -1,19 +1,19 @@
 """torch_compile with a freeze plan, gradual unfreezing and dynamic padding: what recompiles, and that the
-compiled run trains like the eager one. dynamo's own counters count the compiles; the backend is
-`aot_eager` (dynamo's graphs and AOTAutograd's joint forward/backward, without inductor's code
-generation, which takes minutes per graph on a 2-core CPU: the recompiles are dynamo's, the same)."""
+compiled run trains like the eager one. dynamo's own counters count the compiles. The backend is dynamo's
+`eager` (its captured graphs run as they are): the recompiles are dynamo's, whatever the backend, and
+inductor takes minutes per graph on a 2-core CPU. With BACKEND = "aot_eager" (AOTAutograd's compiled
+backward) the test passes too, at about twice the time."""
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 
-from conftest import FILLER, NEGATIVE, POSITIVE, write_csv, write_recipe
+from conftest import FILLER, NEGATIVE, POSITIVE, make_tiny_model, write_csv, write_recipe
 
-BACKEND = "aot_eager"
+BACKEND = "eager"
 
 
 def test_batches_are_padded_to_length_buckets_never_past_the_limit(tiny_bert):
@@ -39,7 +39,7 @@ def _varied_rows(n: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_compiled_gradual_unfreezing_recompiles_once_per_phase_and_matches_eager(tmp_path, tiny_bert):
+def test_compiled_gradual_unfreezing_recompiles_once_per_phase_and_matches_eager(tmp_path):
     import torch
     import torch._dynamo
     from safetensors.torch import load_file
@@ -47,12 +47,12 @@ def test_compiled_gradual_unfreezing_recompiles_once_per_phase_and_matches_eager
 
     from hftl.cli import main
 
-    model = tmp_path / "tiny"  # no dropout: compiled and eager runs draw random numbers differently
-    shutil.copytree(tiny_bert, model)
+    model = make_tiny_model("bert", tmp_path / "tiny", layers=1)  # 1 block: the graphs compile in half the time
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # compiled and eager runs draw
+    (model / "config.json").write_text(json.dumps({**config, **no_dropout}))  # random numbers differently
     data = write_csv(tmp_path / "train.csv", _varied_rows(56))  # 50 train rows after the 10% validation split
-    base = dict(model_name_or_path=str(model), train_file=str(data), strategy="partial", unfrozen_groups=2,
+    base = dict(model_name_or_path=str(model), train_file=str(data), strategy="full",  # head, + layer.0, + embeddings
                 unfreeze_every=0.5, num_train_epochs=1.5, per_device_train_batch_size=8, learning_rate=1e-2, seed=0)
     limit = torch._dynamo.config.recompile_limit
     finals = {}

@@ -158,7 +158,7 @@ class Phases(TrainerCallback):
         """Optimizer state for the groups that wait, as their first step would create it (engine/optim.py
         `prime_state`): a checkpoint taken mid-phase then loads under FSDP2 too. Call it once, after building the
         optimizer and before the first step; the Trainer callback does it at train begin."""
-        return prime_state(optimizer)
+        return prime_state(optimizer, {id(p) for p in self._current().values()})
 
     def close(self) -> None:
         """Remove the gradient hooks (training is over; the model is plain again)."""

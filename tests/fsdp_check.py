@@ -142,7 +142,8 @@ def run_case(case: Case, folder: Path) -> dict:
     return {"case": case.name, "max_abs_diff_vs_reference": diff, "resumed_bit_identical": same,
             "frozen_tensors": sum(not t for t in trains.values()), "trainable_tensors": sum(trains.values()),
             "mixed_unit": {"frozen": block.count(False), "trainable": block.count(True)},
-            "phases": [h["groups"] for h in phases.history], "optimizer_groups": [g["name"] for g in optimizer.param_groups]}
+            "phases": [h["groups"] for h in phases.history], "optimizer_groups": [g["name"] for g in optimizer.param_groups],
+            "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups}}
 
 
 def check_tensors(case: Case, model, optimizer, start: dict, got: dict) -> dict[str, bool]:

@@ -102,6 +102,8 @@ def test_engine_under_fsdp2_matches_one_process(tmp_path):
     for case in (gradual, lora):
         assert case["max_abs_diff_vs_reference"] <= ATOL and case["resumed_bit_identical"] is True
         assert case["optimizer_groups"][:2] == ["embeddings", "embeddings/no_decay"]  # groups by the original names
+    lrs = gradual["lrs"]  # layer-wise: learning_rate 1e-2 at the top block, x0.5 per block down, head 2e-2
+    assert (lrs["layer.2"], lrs["layer.1"], lrs["layer.0"], lrs["head"]) == (1e-2, 5e-3, 2.5e-3, 2e-2)
     assert gradual["mixed_unit"] == {"frozen": 2, "trainable": 14}  # query weight and bias frozen inside block 2
     assert [len(groups) for groups in gradual["phases"]] == [1, 2, 3]  # head, + layer.2, + layer.1
     assert lora["trainable_tensors"] == 16  # q/v adapters in 3 blocks (12), pooler and classifier copies (4)

@@ -16,13 +16,16 @@ def test_gpu_bench_runs_tiny_on_cpu(tmp_path, monkeypatch):
     import torch._dynamo
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
     spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "bench" / "gpu.py")
     gpu = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_bench", gpu)  # its dataclasses look their module up there
     spec.loader.exec_module(gpu)  # in this process: no second start-up of torch and transformers
     out = tmp_path / "gpu.md"
-    assert gpu.main(["--tiny", "--out", str(out)]) == 0
+    limit = torch._dynamo.config.recompile_limit  # gpu.py raises it (monkeypatch's undo would delete it)
+    try:
+        assert gpu.main(["--tiny", "--out", str(out)]) == 0
+    finally:
+        torch._dynamo.config.recompile_limit = limit
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith(("| BERT", "| ViT", "| CLIP"))]
     assert len(rows) == 4 * 5  # BERT at 2 batch sizes, ViT, CLIP x (plain, full, frozen, compiled, CUDA graphs)
     assert [r[2] for r in rows[::5]] == ["4", "8", "4", "4"]

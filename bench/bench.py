@@ -10,6 +10,8 @@ Three comparisons, each interleaving its sides (A B A B ...) in this one process
 3. Text throughput on real variable-length reviews (builtin:fine-foods): hftl's defaults (dynamic
    padding, length-grouped batches) vs padding every example to max_length: samples per second.
 4. Comparison 2 for images: DINOv2-small on 1,000 MNIST digits (image demo recipe, no augmentation).
+5. `torch_compile` (inductor) vs eager on the demo recipe with gradual unfreezing and dynamic padding, a short
+   run: dynamo's compile count, median step time and the whole run's time.
 It prints a markdown table and writes it to --out.
 """
 
@@ -152,6 +154,35 @@ def dynamic_vs_max_length(tmp: str, samples: int, repeats: int, max_length: int)
     ]
 
 
+def compiled_vs_eager(tmp: str, steps: int, unfreeze_every: float) -> list[str]:
+    """One eager and one compiled run of the demo with gradual unfreezing (length-grouped, dynamically padded
+    batches): compiles counted by dynamo, steady-state step time (median) and the whole fit."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from hftl.commands import train as run
+
+    measured = {}
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile", "true"])):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = _config(f"{tmp}/compile-{name}", "--max_steps", str(steps), "--unfreeze_every", str(unfreeze_every),
+                      "--eval_strategy", "no", *extra)
+        timer = StepTimer(skip=0)
+        start = time.perf_counter()
+        run.train(cfg, "bench", callbacks=[timer])
+        measured[name] = (counters["frames"].get("ok", 0), median(timer.step_times), time.perf_counter() - start)
+    (_, eager_step, eager_total), (compiles, step, total) = measured["eager"], measured["compiled"]
+    return [
+        "`torch_compile` (inductor) vs eager: demo with gradual unfreezing, dynamic padding",
+        f"compiles: eager 0, compiled {compiles}; median step {step:.2f} s vs {eager_step:.2f} s; "
+        f"whole run {total:.0f} s vs {eager_total:.0f} s",
+        f"**{eager_step / step:.2f}x** per step, {eager_total / total:.2f}x whole run",
+        f"1 round x {steps} steps (max_steps), unfreeze_every {unfreeze_every} (3 phases), batch 16, "
+        "pad_to_multiple_of 16 when compiled",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
@@ -160,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run, comparison 2")
     parser.add_argument("--samples", type=int, default=800, help="training reviews, comparison 3")
     parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--only", default="1,2,3,4", help="comparisons to run, e.g. --only 1,3")
+    parser.add_argument("--compile_steps", type=int, default=30, help="optimizer steps per run, comparison 5")
+    parser.add_argument("--only", default="1,2,3,4,5", help="comparisons to run, e.g. --only 1,3")
     args = parser.parse_args(argv)
     import torch
 
@@ -168,20 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wanted = {int(x) for x in args.only.split(",")}
         if 1 in wanted:
-            print("1/4 full with layer-wise lrs vs plain Trainer", flush=True)
+            print("1/5 full with layer-wise lrs vs plain Trainer", flush=True)
             rows.append(full_vs_plain(tmp, args.steps, args.repeats))
         if 2 in wanted:
-            print("2/4 feature extraction: cache vs none", flush=True)
+            print("2/5 feature extraction: cache vs none", flush=True)
             rows.append(cache_vs_none(tmp, args.epochs, max(1, args.repeats - 1)))
         if 3 in wanted:
-            print("3/4 dynamic padding vs pad to max_length", flush=True)
+            print("3/5 dynamic padding vs pad to max_length", flush=True)
             rows.append(dynamic_vs_max_length(tmp, args.samples, max(1, args.repeats - 1), args.max_length))
         if 4 in wanted:
-            print("4/4 image feature extraction: cache vs none", flush=True)
+            print("4/5 image feature extraction: cache vs none", flush=True)
             rows.append(cache_vs_none(
                 tmp, args.epochs, max(1, args.repeats - 1), IMAGE_DEMO,
                 ("--augment", "false", "--max_train_samples", "1000", "--max_eval_samples", "400", "--head_lr", "1e-2"),
                 "builtin:mnist-5k (1,000 train / 400 test digits, 56 px) with builtin:dinov2-small"))
+        if 5 in wanted:
+            print("5/5 torch_compile vs eager with gradual unfreezing", flush=True)
+            rows.append(compiled_vs_eager(tmp, args.compile_steps, 0.1))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     text = write_table(
         args.out, "hftl vs plain Trainer", ["comparison", "measured (median)", "ratio", "setup"], rows,

@@ -1,25 +1,31 @@
 """hftl vs the plain HF Trainer at GPU sizes: samples/s and MFU from the same run.
 
-    python bench/gpu.py                      # on a GPU: BERT-base seq 128 batch 64, ViT-B/16 224px batch 128,
-                                             #   CLIP ViT-B/32 + text 77 tokens batch 256
-    python bench/gpu.py --tiny               # tiny configs on CPU, a few steps (what the tests run)
+    python bench/gpu.py                      # one command on one H100/H200, under 8 minutes: BERT-base seq 128 at
+                                             #   batch 64 and 256, ViT-B/16 224 px at 128, CLIP ViT-B/32 at 256
+    python bench/gpu.py --tiny               # tiny configs on CPU, one step (what the tests run)
 
-Models are built from configs (random init) and fed synthetic batches, so nothing is
-downloaded. Per model, three sides are interleaved (A B C A B C ...): the plain Trainer with one
-lr, hftl `full` with layer-wise lrs, and hftl with the bottom two thirds of the blocks frozen.
+Models are built from configs (random init) and fed synthetic batches, so nothing is downloaded.
+Per model, the sides are interleaved (A B C D E, then E D C B A, ...): the plain Trainer with one lr,
+hftl `full` with layer-wise lrs, hftl with the bottom two thirds of the blocks frozen, hftl `full`
+under `torch_compile` (inductor), and hftl `full` with CUDA graphs (`torch_compile_mode:
+reduce-overhead`; CUDA only). The first steps of every run are not timed (compilation, CUDA-graph
+capture). A side that fails is reported as failed and the run goes on; past `--budget_s` the
+remaining rounds and compiled sides are skipped, so the command ends in time.
 MFU counts training FLOPs as 3x the forward pass (2 FLOPs per weight per token plus attention
-scores) over the --peak_tflops of the card (989 for an H100's dense bf16); for the frozen side the
-backward pass of frozen blocks is not counted, since it never runs. For CLIP the plain side is
-CLIPModel's own loss (`return_loss=True`), the hftl sides use hftl's contrastive loss and per-tower
-plans (the frozen side locks the bottom two thirds of each tower).
+scores) over the --peak_tflops of the card (989 for an H100's or H200's dense bf16); for the frozen
+side the backward pass of frozen blocks is not counted, since it never runs. For CLIP the plain side
+is CLIPModel's own loss (`return_loss=True`), the hftl sides use hftl's contrastive loss and
+per-tower plans (the frozen side locks the bottom two thirds of each tower).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from timing import interleave, median, steps_per_second, write_table  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from timing import median, steps_per_second, write_table  # noqa: E402
 
 
 @dataclass
@@ -42,19 +47,31 @@ class Case:
     make_example: object  # () -> dict of tensors for one example
     flops: object = None  # (trainable fraction) -> training FLOPs per sample; None: train_flops_per_sample
 
+    @property
+    def blocks(self) -> int:
+        config = self.model.config
+        return (config.vision_config if self.flops is not None else config).num_hidden_layers
+
+    @property
+    def unfrozen(self) -> int:
+        return self.blocks - (2 * self.blocks) // 3  # the bottom two thirds of the blocks (and embeddings) frozen
+
 
 class Synthetic(torch.utils.data.Dataset):
-    def __init__(self, make, n: int):
-        self.items = [make() for _ in range(n)]
+    """`n` examples drawn from a pool of at most `pool` distinct ones: a few batches of random data, not
+    steps x batch images in host memory (CLIP at batch 256 would need 8 GB)."""
+
+    def __init__(self, make, n: int, pool: int):
+        self.items, self.n = [make() for _ in range(min(n, pool))], n
 
     def __len__(self):
-        return len(self.items)
+        return self.n
 
     def __getitem__(self, i):
-        return self.items[i]
+        return self.items[i % len(self.items)]
 
 
-def bert_case(tiny: bool) -> Case:
+def bert_case(tiny: bool, batch: int) -> Case:
     from transformers import BertConfig, BertForSequenceClassification
 
     kw = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64) if tiny else {}
@@ -62,14 +79,14 @@ def bert_case(tiny: bool) -> Case:
     seq = 16 if tiny else 128
 
     def example():
-        return {"input_ids": torch.randint(1000, 20000 if not tiny else 30000, (seq,)),
-                "attention_mask": torch.ones(seq, dtype=torch.long), "labels": torch.randint(0, 2, ()).long()}
+        return {"input_ids": torch.randint(1000, 20000, (seq,)), "attention_mask": torch.ones(seq, dtype=torch.long),
+                "labels": torch.randint(0, 2, ()).long()}
 
     name = f"BERT {'tiny config' if tiny else 'base'}, seq {seq}"
-    return Case(name, BertForSequenceClassification(config), 4 if tiny else 64, seq, example)
+    return Case(name, BertForSequenceClassification(config), batch, seq, example)
 
 
-def vit_case(tiny: bool) -> Case:
+def vit_case(tiny: bool, batch: int) -> Case:
     from transformers import ViTConfig, ViTForImageClassification
 
     kw = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8) if tiny else {}
@@ -81,10 +98,10 @@ def vit_case(tiny: bool) -> Case:
 
     tokens = (size // config.patch_size) ** 2 + 1
     name = f"ViT {'tiny config' if tiny else 'B/16'}, {size} px"
-    return Case(name, ViTForImageClassification(config), 4 if tiny else 128, tokens, example)
+    return Case(name, ViTForImageClassification(config), batch, tokens, example)
 
 
-def clip_case(tiny: bool) -> Case:
+def clip_case(tiny: bool, batch: int) -> Case:
     from transformers import CLIPConfig, CLIPModel
 
     if tiny:
@@ -114,7 +131,11 @@ def clip_case(tiny: bool) -> Case:
 
     model = CLIPModel(config)
     name = f"CLIP {'tiny config' if tiny else 'ViT-B/32'} + text {seq} tokens"
-    return Case(name, model, 4 if tiny else 256, patches, example, flops)
+    return Case(name, model, batch, patches, example, flops)
+
+
+# (case builder, batch on a GPU, batch with --tiny)
+CASES = ((bert_case, 64, 4), (bert_case, 256, 8), (vit_case, 128, 4), (clip_case, 256, 4))
 
 
 class ReturnLoss(torch.utils.data.Dataset):
@@ -147,110 +168,173 @@ def train_flops_per_sample(model: torch.nn.Module, tokens: int, trainable_fracti
     return forward * (1 + 2 * trainable_fraction)
 
 
-def hftl_assignment(model, strategy: str, unfrozen: int, lr: float):
-    from hftl.engine.freeze import FreezePlan, set_frozen_eval
-    from hftl.engine.layers import is_dual_encoder, layer_groups
-    from hftl.engine.optim import assign, group_lrs
-    from hftl.engine.towers import TOWER_NAMES, TowerPlan, apply_tower_plans
+def hftl_plan(model, strategy: str, unfrozen: int, lr: float):
+    """hftl's plan through its public API (per tower for CLIP), applied; returns the optimizer assignment."""
+    import hftl
 
-    groups = layer_groups(model)
-    if is_dual_encoder(model):
-        plans = {tower: TowerPlan(strategy, unfrozen, lr, 0.9) for tower in TOWER_NAMES}
-        _, lrs = apply_tower_plans(groups, plans, head_lr=10 * lr, logit_scale_lr=lr)
-    else:
-        FreezePlan(strategy, unfrozen).apply(groups)
-        lrs = group_lrs(groups, lr, 0.9, 10 * lr)
-    set_frozen_eval(model)
-    return assign(groups, lrs, 0.01), groups
+    plan = hftl.TransferPlan.build(model, strategy=strategy, unfrozen_groups=unfrozen, learning_rate=lr,
+                                   layer_decay=0.9, head_lr=10 * lr, weight_decay=0.01)
+    plan.apply()
+    return plan.assignment
 
 
-def run_case(case: Case, args, tmp: str) -> list[list[str]]:
-    from hftl.engine.trainer import TransferTrainer
+PLAIN, FULL, FROZEN = "plain Trainer", "hftl full + layer-wise lrs", "hftl, bottom 2/3 of the blocks frozen"
+COMPILED, GRAPHS = "hftl full + torch.compile", "hftl full + CUDA graphs"
+SIDES = (PLAIN, FULL, FROZEN, COMPILED, GRAPHS)
+
+
+class Budget:
+    """Wall-clock budget of the whole command: past it, no new round or compiled side starts."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def training_args(case: Case, args, tmp: str, **extra):
+    from transformers import TrainingArguments
 
     gpu = torch.cuda.is_available() and not args.tiny
-    steps = args.steps
-    data = Synthetic(case.make_example, case.batch * (steps + 3))
-    targs = TrainingArguments(
-        output_dir=tmp, per_device_train_batch_size=case.batch, max_steps=steps + 2, learning_rate=2e-5,
+    return TrainingArguments(
+        output_dir=tmp, per_device_train_batch_size=case.batch, max_steps=args.steps + args.skip, learning_rate=2e-5,
         bf16=gpu, report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=2 if gpu else 0, use_cpu=not gpu, train_sampling_strategy="random",
+        dataloader_num_workers=4 if gpu else 0, use_cpu=not gpu, train_sampling_strategy="random", **extra,
     )
+
+
+def sides(case: Case, args, tmp: str) -> tuple[dict, dict, float]:
+    """{side: () -> Trainer}, {side: why it does not run here}, and the frozen side's trainable share."""
     import copy
 
-    base = case.model
-    plain_model = copy.deepcopy(base)
-    full_model = copy.deepcopy(base)
-    frozen_model = copy.deepcopy(base)
-    full_assign, _ = hftl_assignment(full_model, "full", 0, 2e-5)
+    from transformers import Trainer
+
+    from hftl.engine.trainer import TransferTrainer
+
+    data = Synthetic(case.make_example, case.batch * (args.steps + args.skip + 1), pool=4 * case.batch)
     dual = case.flops is not None
-    n_blocks = base.config.vision_config.num_hidden_layers if dual else base.config.num_hidden_layers
+    models = {name: copy.deepcopy(case.model) for name in (PLAIN, FULL, FROZEN, COMPILED, GRAPHS)}
+    plans = {name: hftl_plan(models[name], "full", 0, 2e-5) for name in (FULL, COMPILED, GRAPHS)}
+    plans[FROZEN] = hftl_plan(models[FROZEN], "partial", case.unfrozen, 2e-5)
+    params = list(models[FROZEN].parameters())
+    share = sum(p.numel() for p in params if p.requires_grad) / sum(p.numel() for p in params)
     extra = {}
-    plain_data = data
     if dual:
         from types import SimpleNamespace
 
         from hftl.tasks import get_task
 
-        settings = SimpleNamespace(transfer=SimpleNamespace(gather_features=False))  # the loss reads this key only
-        extra = {"loss_fn": get_task("clip").loss_fn(settings)}
-        plain_data = ReturnLoss(data)
-    unfrozen = n_blocks - (2 * n_blocks) // 3  # bottom two thirds of the blocks (and embeddings) frozen
-    frozen_assign, groups = hftl_assignment(frozen_model, "partial", unfrozen, 2e-5)
-    trainable = sum(p.numel() for p in frozen_model.parameters() if p.requires_grad)
-    fraction = trainable / sum(p.numel() for p in frozen_model.parameters())
+        extra = {"loss_fn": get_task("clip").loss_fn(SimpleNamespace(transfer=SimpleNamespace(gather_features=False)))}
+    run_args = {name: training_args(case, args, tmp) for name in (PLAIN, FULL, FROZEN)}
+    run_args[COMPILED] = training_args(case, args, tmp, torch_compile=True, torch_compile_backend=args.compile_backend)
+    run_args[GRAPHS] = training_args(case, args, tmp, torch_compile=True, torch_compile_mode="reduce-overhead")
 
-    def side(make):
-        steps = steps_per_second(make)
-        return lambda: case.batch * steps()  # samples/s
+    def hftl_side(name):
+        return lambda: TransferTrainer(model=models[name], args=run_args[name], train_dataset=data,
+                                       assignment=plans[name], **extra)
 
-    frozen_name = f"hftl, bottom {n_blocks - unfrozen} of {n_blocks} blocks frozen" + (" per tower" if dual else "")
-    results = interleave(
-        {
-            "plain Trainer": side(lambda: Trainer(model=plain_model, args=targs, train_dataset=plain_data,
-                                                  **({"data_collator": _return_loss_collate} if dual else {}))),
-            "hftl full + layer-wise lrs": side(
-                lambda: TransferTrainer(model=full_model, args=targs, train_dataset=data, assignment=full_assign, **extra)
-            ),
-            frozen_name: side(
-                lambda: TransferTrainer(model=frozen_model, args=targs, train_dataset=data, assignment=frozen_assign, **extra)
-            ),
-        },
-        args.repeats,
-    )
-    plain = median(results["plain Trainer"])
+    made = {name: hftl_side(name) for name in (FULL, FROZEN, COMPILED, GRAPHS)}
+    made[PLAIN] = lambda: Trainer(model=models[PLAIN], args=run_args[PLAIN], train_dataset=ReturnLoss(data) if dual else data,
+                                  **({"data_collator": _return_loss_collate} if dual else {}))
+    gpu = torch.cuda.is_available() and not args.tiny
+    return {name: made[name] for name in SIDES}, {} if gpu else {GRAPHS: "n/a (needs CUDA)"}, share
+
+
+def measure(make, skip: int) -> float:
+    """Samples/s of one fresh run (its first `skip` steps untimed), or the error as text."""
+    try:
+        return steps_per_second(make, skip=skip)()
+    except Exception as err:  # a side that does not work here is a finding, not the end of the benchmark
+        return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+
+
+def run_case(case: Case, args, tmp: str, budget: Budget) -> list[list[str]]:
+    made, not_run, share = sides(case, args, tmp)
+    if budget.left() < args.compile_reserve_s:
+        not_run.update({name: "skipped (time budget)" for name in (COMPILED, GRAPHS) if name not in not_run})
+    order = [name for name in made if name not in not_run]
+    results: dict[str, list] = {name: [] for name in order}
+    for round_ in range(args.repeats):
+        if round_ and budget.left() < 0:
+            break
+        for name in order if round_ % 2 == 0 else reversed(order):
+            if results[name] and isinstance(results[name][-1], str):
+                continue  # it failed once: it fails again
+            value = measure(made[name], args.skip)
+            results[name].append(value if isinstance(value, str) else case.batch * value)
+            print(f"  round {round_ + 1}/{args.repeats}  {name}: {results[name][-1]}", flush=True)
+    return rows_of(case, args, results, not_run, share)
+
+
+def rows_of(case: Case, args, results: dict, not_run: dict, share: float) -> list[list[str]]:
+    gpu = torch.cuda.is_available() and not args.tiny
+    plain = median(results[PLAIN]) if results.get(PLAIN) and not isinstance(results[PLAIN][-1], str) else None
     rows = []
-    for name, values in results.items():
+    for name in SIDES:
+        values = results.get(name, [])
+        if name in not_run or not values or isinstance(values[-1], str):
+            why = not_run.get(name) or (values[-1] if values else "not run")
+            rows.append([case.name, _label(case, name), str(case.batch), why, "", ""])
+            continue
         speed = median(values)
-        share = fraction if name == frozen_name else 1.0
-        flops = case.flops(share) if dual else train_flops_per_sample(base, case.tokens, share)
+        fraction = share if name == FROZEN else 1.0
+        flops = case.flops(fraction) if case.flops is not None else train_flops_per_sample(case.model, case.tokens, fraction)
         mfu = f"{100 * speed * flops / (args.peak_tflops * 1e12):.1f}%" if gpu else "n/a (CPU)"
-        rows.append([case.name, name, str(case.batch), f"{speed:.1f}", f"{speed / plain:.2f}x", mfu])
+        ratio = f"{speed / plain:.2f}x" if plain else ""
+        rows.append([case.name, _label(case, name), str(case.batch), f"{speed:.1f} ({len(values)})", ratio, mfu])
     return rows
+
+
+def _label(case: Case, name: str) -> str:
+    if name != FROZEN:
+        return name
+    return f"hftl, bottom {case.blocks - case.unfrozen} of {case.blocks} blocks frozen" + (" per tower" if case.flops else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny configs on CPU: checks the script, measures nothing real")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 50, tiny 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 3, tiny 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20, tiny 1)")
+    parser.add_argument("--skip", type=int, default=None, help="untimed first steps per run (default 4, tiny 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 3, tiny 1)")
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="the card's dense bf16 peak")
+    parser.add_argument("--budget_s", type=float, default=360.0, help="wall-clock budget in s; past it no new round or compiled side starts")
+    parser.add_argument("--compile_reserve_s", type=float, default=None,
+                        help="a case's compiled sides start only with this much budget left (default 180, tiny 0)")
+    parser.add_argument("--compile_backend", default=None, help="torch.compile backend (default inductor; tiny: eager, "
+                        "dynamo's tracing without code generation, which takes minutes on a CPU)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "gpu-results.md"))
     args = parser.parse_args(argv)
-    args.steps = args.steps or (2 if args.tiny else 50)
-    args.repeats = args.repeats or (2 if args.tiny else 3)
+    tiny = args.tiny
+    args.steps = args.steps or (1 if tiny else 20)
+    args.skip = args.skip if args.skip is not None else (1 if tiny else 4)
+    args.repeats = args.repeats or (1 if tiny else 3)
+    args.compile_reserve_s = args.compile_reserve_s if args.compile_reserve_s is not None else (0 if tiny else 180)
+    args.compile_backend = args.compile_backend or ("eager" if tiny else "inductor")
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)  # 4 models, 2 modes each
+    budget, started = Budget(args.budget_s), time.monotonic()
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for make in (bert_case, vit_case, clip_case):
-            case = make(args.tiny)
-            print(f"== {case.name}", flush=True)
-            rows += run_case(case, args, tmp)
-    gpu = torch.cuda.is_available() and not args.tiny
+        for make, batch, tiny_batch in CASES:
+            case = make(tiny, tiny_batch if tiny else batch)
+            print(f"== {case.name}, batch {case.batch} ({budget.left():.0f} s of budget left)", flush=True)
+            rows += run_case(case, args, tmp, budget)
+            del case
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    gpu = torch.cuda.is_available() and not tiny
     device = torch.cuda.get_device_name() if gpu else "CPU (tiny configs: a smoke test, not a measurement)"
     text = write_table(
-        args.out, "hftl vs plain Trainer at GPU sizes", ["model", "side", "batch", "samples/s (median)", "vs plain", "MFU"],
-        rows, [f"device: {device}; torch {torch.__version__}; {args.repeats} interleaved rounds x {args.steps} timed steps",
-               "command: python bench/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])],
+        args.out, "hftl vs plain Trainer at GPU sizes",
+        ["model", "side", "batch", "samples/s (median, runs)", "vs plain", "MFU"], rows,
+        [f"device: {device}; torch {torch.__version__}; up to {args.repeats} interleaved rounds x {args.steps} timed steps "
+         f"after {args.skip} untimed; compile backend {args.compile_backend}; whole command {time.monotonic() - started:.0f} s",
+         "command: python bench/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])],
     )
     print("\n" + text)
     return 0

@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: CLI error checks, folder snapshots, coloured test images,
-tiny image and dual-encoder checkpoints built from configs, and the 2-process `accelerate launch`.
+tiny image and dual-encoder checkpoints built from configs, the 2-process `accelerate launch`, and a
+two-node launch on this one machine.
 
 Test modules import from here (or from conftest), never from each other. Shared pytest fixtures
 live in conftest.py. Nothing here downloads anything."""
@@ -69,6 +70,35 @@ def launch_script(script: Path, cwd: Path, *args: str, timeout: int = 300) -> su
     argv = [str(bin_dir / "accelerate"), "launch", "--config_file", str(CPU_DDP_CONFIG), "--multi_gpu",
             "--num_processes", "2", str(script), *args]
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_nodes(per_node: list[list[str]], cwd: Path, timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """One `accelerate launch --num_machines N --machine_rank R --main_process_ip 127.0.0.1 --main_process_port P`
+    per node, all on this machine and started together, one CPU process each (gloo); `per_node[R]` is what node
+    R runs (`-m hftl train RECIPE` or a script and its arguments). Returns each node's finished process."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    port, nodes = free_port(), len(per_node)
+    procs = [subprocess.Popen(
+        [str(bin_dir / "accelerate"), "launch", "--config_file", str(CPU_DDP_CONFIG), "--multi_gpu",
+         "--num_machines", str(nodes), "--num_processes", str(nodes), "--machine_rank", str(rank),
+         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), *program],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank, program in enumerate(per_node)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
 
 
 # ---------------------------------------------------------------- coloured images

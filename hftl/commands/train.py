@@ -164,6 +164,8 @@ def _continue(config: RunConfig, command: str, first: str = "") -> str:
 
 
 def _train(config: RunConfig, command: str, callbacks: list | None) -> dict:
+    if config.training.world_size > 1:  # sets up the process group under accelerate launch / torchrun
+        preflight.check_same_recipe(config.resolved(), config.recipe_path)
     task = get_task(config.transfer.task)
     mode = MODES[task.mode(config)]()
     resume, action = _preflight(config)
@@ -281,6 +283,11 @@ def _trainer(run: Run, inputs: Inputs):
 
     config, t = run.config, run.config.transfer
     phases = run.phase_control if len(run.phases) > 1 else None
+    if phases is not None and config.training.torch_compile:
+        from hftl.engine import compiled
+
+        limit = compiled.make_room(len(run.phases))
+        print(compiled.describe(len(run.phases), t.eval_frozen, limit))
     record = plan_record(config)
     trainer = TransferTrainer(
         model=run.model,

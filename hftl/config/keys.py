@@ -90,6 +90,10 @@ class DataArgs:
     max_length: int = key(256, "Truncation length in tokens (capped at the model's positions); padding is "
                                "dynamic, per batch.",
         bounds=at_least(1, "it is the truncation length in tokens"))
+    pad_to_multiple_of: int | None = key(None, "Text: pad each batch to a multiple of N tokens (never past max_length), a "
+                                               "few length buckets instead of one shape per batch; unset: 16 with "
+                                               "torch_compile (CUDA graphs record one graph per shape), else 1.",
+        bounds=at_least(1, "1 pads to each batch's longest text"))
     class_names: list[str] = key([], "The label set, in order; a label outside it is an error. Empty: the labels "
                                      "in train.")
     image_column: str = key("image", "Images (Hub, image folder) or image paths (csv/json) for image tasks.")

@@ -41,7 +41,7 @@ def validate(config: RunConfig, check_paths: bool = True) -> None:
     check_given(_flat(config), check_paths)
     task = get_task(config.transfer.task)
     for rule in (_model_rule, _strategy_rule, _length_rule, _loader_rule, _early_stopping_rule, _capability_rule,
-                 _advice_rule):
+                 _advice_rule, _fsdp_rule):
         rule(config, task)
     forgetting.validate(config)  # ewc, replay
     task.validate(config)  # what only the task knows (CLIP's towers, modes and prompts)
@@ -127,6 +127,15 @@ def _source_rule(values: Mapping[str, Any]) -> None:
 def _model_rule(config: RunConfig, task) -> None:
     if not config.model.model_name_or_path:
         raise HftlError("No model given. Set `model_name_or_path` in the recipe or pass `--model_name_or_path ID`.")
+
+
+def _fsdp_rule(config: RunConfig, task) -> None:
+    """The FSDP settings from `accelerate launch` (its environment) or the recipe (`fsdp`, `fsdp_config`)."""
+    import os
+
+    from hftl.engine.preflight import check_fsdp
+
+    check_fsdp(os.environ, config.training.fsdp, config.training.fsdp_config)
 
 
 def _strategy_rule(config: RunConfig, task) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from hftl.engine.layers import LayerGroup, backbone_size
@@ -115,3 +116,40 @@ def check_coverage(model: nn.Module, groups: list[dict]) -> None:
             raise AssertionError(f"parameter {name} is in {n} optimizer groups, expected exactly 1")
     if len(counts) != len({id(p) for p in model.parameters()}):
         raise AssertionError("optimizer groups hold tensors that are not parameters of the model")
+
+
+def prime_state(optimizer, model_params: set[int] | None = None) -> int:
+    """Give every parameter that requires grad but has no optimizer state yet the state its first step would
+    create, so each checkpoint holds an entry for every such parameter. FSDP2's state dicts
+    (torch.distributed.checkpoint, and accelerate's FSDP loaders built on it) refuse to load a checkpoint that
+    lacks one, which is what a group waiting for its phase leaves behind. Exact for torch's Adam family with
+    decoupled (or no) weight decay: a zero-gradient step at lr 0, then the step counter set back to 0, gives
+    the zero moments and counter of a lazy first step, and moves no weight. Other optimizers, and optimizers
+    over tensors other than `model_params` (ids; DeepSpeed's flat partitions), are left alone. Returns how
+    many tensors were primed."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    groups = inner.param_groups
+    exact = isinstance(inner, torch.optim.Adam) and all(g.get("decoupled_weight_decay") or not g["weight_decay"] for g in groups)
+    mine = model_params is None or all(id(p) in model_params for g in groups for p in g["params"])
+    todo = [p for g in groups for p in g["params"] if p.requires_grad and not inner.state.get(p)]
+    if not exact or not mine or not todo:
+        return 0
+    grads = [(p, p.grad) for g in groups for p in g["params"]]
+    lrs = [g["lr"] for g in groups]
+    try:
+        for p, _ in grads:
+            p.grad = None
+        for p in todo:
+            p.grad = torch.zeros_like(p)
+        for g in groups:
+            g["lr"] = torch.zeros_like(g["lr"]) if isinstance(g["lr"], torch.Tensor) else 0.0
+        inner.step()
+    finally:
+        for g, lr in zip(groups, lrs):
+            g["lr"] = lr
+        for p, grad in grads:
+            p.grad = grad
+    for p in todo:
+        step = inner.state[p]["step"]
+        inner.state[p]["step"] = step.zero_() if isinstance(step, torch.Tensor) else 0
+    return len(todo)

@@ -4,9 +4,12 @@ A phase is a span of training with one set of active layer groups. The recipe's 
 the last phase; earlier phases are subsets of it. Every parameter that trains in any phase has
 `requires_grad=True` from step 0, so DDP/FSDP register it and all-reduce its gradient on every
 step; a group that is not active yet has its (synchronised) gradient dropped before clipping and
-the optimizer step, so AdamW neither moves it nor builds state for it, and its modules stay in
-eval mode. The phase is a pure function of the epoch, so a resumed run is in the same phase as
-the run it continues, with the optimizer state it saved (no rebuild, ever).
+the optimizer step, so AdamW does not move it, and its modules stay in eval mode; its optimizer
+state is primed at train begin to what its first step would create (zeros), so checkpoints hold
+state for every parameter that requires grad, as FSDP2's state dicts demand. Tensors are looked
+up by name on each phase change: FSDP2's `fully_shard` replaces them after the plan is built. The
+phase is a pure function of the epoch, so a resumed run is in the same phase as the run it
+continues, with the optimizer state it saved (no rebuild, ever).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from transformers import TrainerCallback
 
 from hftl.engine.freeze import set_frozen_eval
 from hftl.engine.layers import LayerGroup
+from hftl.engine.optim import clean_name, prime_state
 
 if TYPE_CHECKING:
     from hftl.engine.transfer import TransferPlan
@@ -82,7 +86,9 @@ class Phases(TrainerCallback):
     backward, before clipping and the optimizer step. Every parameter that trains in any phase has
     `requires_grad=True` from step 0 (DDP and FSDP register it; the optimizer holds it); a group that
     waits has its gradient zeroed as it arrives (so clipping and the all-reduce see nothing of it)
-    and dropped before the step (so AdamW neither moves it nor builds state for it)."""
+    and dropped before the step (so AdamW neither moves nor decays it). Under FSDP2 build the optimizer
+    after `fully_shard` and call `prime(optimizer)` once before the first step (the Trainer callback
+    primes at train begin)."""
 
     def __init__(self, plan: TransferPlan, head_warmup_epochs: float = 0, unfreeze_every: float = 0,
                  eval_frozen: bool = True):
@@ -94,8 +100,26 @@ class Phases(TrainerCallback):
         self.inactive: list[nn.Parameter] = []
         self.history: list[dict] = []  # {epoch, phase, groups, new}: each phase as it was entered
         self._waiting: set[int] = set()
-        self._hooks = [p.register_hook(self._zero_if_waiting(p)) for g in self.groups for n, p in g.params
-                       if plan.trains[n]] if len(self.schedule) > 1 else []
+        self._hooks: list = []
+        self._hooked: set[int] = set()  # ids of the tensors the hooks sit on
+
+    def _current(self) -> dict[str, nn.Parameter]:
+        """The model's parameters as they are now, by the plan's names. FSDP2's `fully_shard` replaces every
+        parameter with a sharded one (a DTensor) after the plan was built, so the tensors to drop and to hook
+        are looked up on each phase change, never kept from the plan."""
+        return {clean_name(n): p for n, p in self.model.named_parameters()}
+
+    def _hook(self, params: dict[str, nn.Parameter]) -> None:
+        """Zero-as-it-arrives hooks on the trainable tensors the model holds now (again if they were swapped).
+        Under FSDP2 autograd never reaches the sharded tensors, so these do not fire there: the sharded
+        gradient is reduced, then dropped by `drop_inactive_grads` before clipping and the step."""
+        trainable = [p for n, p in params.items() if self.plan.trains.get(n)]
+        if len(self.schedule) < 2 or {id(p) for p in trainable} == self._hooked:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = [p.register_hook(self._zero_if_waiting(p)) for p in trainable]
+        self._hooked = {id(p) for p in trainable}
 
     def _zero_if_waiting(self, param: nn.Parameter):
         key = id(param)
@@ -105,8 +129,11 @@ class Phases(TrainerCallback):
         if index == self.current:
             return
         active = set(self.schedule[index].groups)
-        inactive_names = {n for g in self.groups if g.name not in active for n, _ in g.params}
-        self.inactive = [p for g in self.groups if g.name not in active for n, p in g.params if self.plan.trains[n]]
+        waiting = [n for g in self.groups if g.name not in active for n, _ in g.params]
+        inactive_names = set(waiting)
+        params = self._current()
+        self._hook(params)
+        self.inactive = [params[n] for n in waiting if self.plan.trains[n]]
         self._waiting = {id(p) for p in self.inactive}
         set_frozen_eval(self.model, self.eval_frozen, frozen=inactive_names | {n for n, t in self.plan.trains.items() if not t})
         if self.current >= 0 or index > 0:
@@ -127,14 +154,22 @@ class Phases(TrainerCallback):
         for param in self.inactive:
             param.grad = None
 
+    def prime(self, optimizer) -> int:
+        """Optimizer state for the groups that wait, as their first step would create it (engine/optim.py
+        `prime_state`): a checkpoint taken mid-phase then loads under FSDP2 too. Call it once, after building the
+        optimizer and before the first step; the Trainer callback does it at train begin."""
+        return prime_state(optimizer, {id(p) for p in self._current().values()})
+
     def close(self) -> None:
         """Remove the gradient hooks (training is over; the model is plain again)."""
         for hook in self._hooks:
             hook.remove()
-        self._hooks, self._waiting = [], set()
+        self._hooks, self._waiting, self._hooked = [], set(), set()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         self.on_epoch(state.epoch or 0.0)
+        if optimizer is not None:  # after a resume the loaded state is there: nothing is primed twice
+            self.prime(optimizer)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.on_epoch(state.epoch or 0.0)

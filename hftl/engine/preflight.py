@@ -1,14 +1,17 @@
 """Checks that need no model and run before anything is written: the output folder, the checkpoint
-to resume from, the logging integrations, the Hub when pushing; and the hub token moved out of the
-Trainer's arguments.
+to resume from, the logging integrations, the Hub when pushing, the FSDP settings; and the hub token
+moved out of the Trainer's arguments.
 
 They take plain values, so a training script of its own can run them too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -99,6 +102,79 @@ def check_integrations(report_to: list[str] | None) -> None:
         if needed and not any(importlib.util.find_spec(p) for p in needed):
             raise HftlError(f"report_to includes `{name}` but it is not installed: pip install {needed[0]} (or drop it "
                             "from report_to).")
+
+
+def _true(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def fsdp_settings(env, fsdp, fsdp_config) -> list[tuple[str, int, bool]]:
+    """(where it was set, FSDP version, use_orig_params) for each FSDP setting in force: `accelerate launch`
+    with an FSDP config exports ACCELERATE_USE_FSDP, FSDP_VERSION and FSDP_USE_ORIG_PARAMS to every rank;
+    TrainingArguments take `fsdp` and `fsdp_config` (keys with or without the `fsdp_` prefix)."""
+    found = []
+    if _true(env.get("ACCELERATE_USE_FSDP", "")):
+        found.append(("the accelerate config's `fsdp_use_orig_params` (FSDP_USE_ORIG_PARAMS)",
+                      int(env.get("FSDP_VERSION", "1")), _true(env.get("FSDP_USE_ORIG_PARAMS", "false"))))
+    if fsdp:
+        config = {k.removeprefix("fsdp_"): v for k, v in (fsdp_config or {}).items()} if isinstance(fsdp_config, dict) else {}
+        found.append(("the recipe's `fsdp_config.use_orig_params`", int(config.get("version", 2)),
+                      _true(config.get("use_orig_params", "true"))))  # transformers' defaults: FSDP2, orig params on
+    return found
+
+
+def check_fsdp(env, fsdp, fsdp_config) -> None:
+    """FSDP1 without use_orig_params flattens each wrapped unit into one FlatParameter: hftl's optimizer groups
+    (an explicit lr per layer group, built from the original parameter names) cannot be built over it, and a unit
+    that mixes frozen and trainable tensors fails. Refused before anything is read or written."""
+    for where, version, orig in fsdp_settings(env, fsdp, fsdp_config):
+        if version == 1 and not orig:
+            raise HftlError(
+                f"FSDP1 with use_orig_params false ({where}) cannot run hftl: FSDP1 then flattens each wrapped unit "
+                "into one FlatParameter, but hftl builds its optimizer groups (one lr per layer group) from the original "
+                "parameter names, and a unit mixing frozen and trainable tensors fails (\"FlatParameter requires uniform "
+                "requires_grad\"). Set use_orig_params to true, or use FSDP2 (`fsdp_version: 2`, "
+                "recipes/accelerate/fsdp.yaml), which keeps every original parameter."
+            )
+
+
+def recipe_fingerprint(resolved: dict) -> str:
+    """sha256 of a resolved recipe (every key, sorted): equal recipes give equal fingerprints on every node."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_same_recipe(resolved: dict, recipe_path: str) -> None:
+    """Under distributed training, every rank must run the same resolved recipe: a file changed on one node
+    would train different ranks differently (another lr, another freeze plan) and hang or drift silently.
+    One all-gather at start; ranks that disagree all stop with the same message."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    mine = {"fingerprint": recipe_fingerprint(resolved), "recipe": recipe_path, "host": socket.gethostname(),
+            "values": resolved}
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    compare_recipes(gathered)
+
+
+def compare_recipes(gathered: list[dict]) -> None:
+    """Each rank's {fingerprint, recipe, host, values}; refuse when a rank's differs from rank 0's, naming the
+    file on each side and the keys with both values."""
+    first = gathered[0]
+    for rank, other in enumerate(gathered):
+        if other["fingerprint"] == first["fingerprint"]:
+            continue
+        a, b = first["values"], other["values"]
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        shown = "; ".join(f"{k}: {a.get(k, 'unset')!r} on rank 0, {b.get(k, 'unset')!r} on rank {rank}" for k in keys[:6])
+        raise HftlError(
+            f"The ranks disagree on the recipe: rank {rank} runs `{other['recipe']}` on {other['host']} (fingerprint "
+            f"{other['fingerprint']}), rank 0 runs `{first['recipe']}` on {first['host']} (fingerprint "
+            f"{first['fingerprint']}); they differ in {len(keys)} key(s): {shown}{' ...' if len(keys) > 6 else ''}. "
+            "Every node must run the same recipe file and overrides: copy the file to every node (or keep it on shared "
+            "storage) and launch again."
+        )
 
 
 def hide_token(training_args) -> None:

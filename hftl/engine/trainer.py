@@ -22,8 +22,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from hftl.engine import checkpoint_files
 from hftl.engine.optim import Assignment, clean_name, param_groups
-from hftl.errors import HftlError, SaveFailed, first_line
 from hftl.engine.tracking import track_group_rates
+from hftl.errors import HftlError, SaveFailed, first_line
 
 
 class TransferTrainer(Trainer):
@@ -69,6 +69,7 @@ class TransferTrainer(Trainer):
             for key in ("params", "model", "optimizer_dict"):
                 optimizer_kwargs.pop(key, None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.callback_handler.optimizer = self.optimizer  # callbacks see it (Phases primes its state at train begin)
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):

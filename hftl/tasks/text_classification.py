@@ -2,7 +2,9 @@
 
 Labels and metrics are shared with the other classification tasks (tasks/classification.py).
 Padding is dynamic (per batch): padding every example to max_length wastes most of the compute
-on short texts.
+on short texts. With torch_compile each batch is padded up to a multiple of `pad_to_multiple_of`
+(16 by default there): a few length buckets, so CUDA graphs (compile modes reduce-overhead and
+max-autotune record one per shape) see a bounded set of shapes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from datasets import DatasetDict
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hftl.data.sources import load_split, load_splits, sample_of
 from hftl.errors import BadRow, HftlError
@@ -42,6 +44,27 @@ def _check_columns(raw: DatasetDict, config: RunConfig) -> None:
                 )
 
 
+def pad_multiple(config: RunConfig) -> int:
+    """`pad_to_multiple_of`, or its default: 16 under torch_compile, else 1 (pad to the batch's longest only)."""
+    given = config.data.pad_to_multiple_of
+    return given if given is not None else (16 if config.training.torch_compile else 1)
+
+
+class Padding:
+    """Pads a batch to its longest text rounded up to a multiple of `multiple`, never past `limit` (the model's
+    positions end there): dynamic padding in length buckets."""
+
+    def __init__(self, tokenizer, multiple: int = 1, limit: int | None = None):
+        self.tokenizer, self.multiple, self.limit = tokenizer, multiple, limit
+
+    def __call__(self, features: list[dict]):
+        longest = max(len(f["input_ids"]) for f in features)
+        target = -(-longest // self.multiple) * self.multiple
+        if self.limit is not None:
+            target = max(longest, min(target, self.limit))
+        return self.tokenizer.pad(features, padding="max_length", max_length=target, return_tensors="pt")
+
+
 class TextClassification(ClassificationTask):
     name = "text-classification"
     pipeline_task = "text-classification"
@@ -71,7 +94,8 @@ class TextClassification(ClassificationTask):
         model, tokenizer = checkpoints.load(config, AutoModelForSequenceClassification, AutoTokenizer, labels,
                                             expected="a Hub id, a folder with config.json, or builtin:minilm-l6",
                                             kind=self.model_kind)
-        return Loaded(model, tokenizer, labels)
+        limit = min(config.data.max_length, getattr(tokenizer, "model_max_length", None) or config.data.max_length)
+        return Loaded(model, tokenizer, labels, extra={"padding": Padding(tokenizer, pad_multiple(config), limit)})
 
     def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
         data, tokenizer = config.data, loaded.processor
@@ -125,7 +149,7 @@ class TextClassification(ClassificationTask):
         return min(wanted, limit)
 
     def collator(self, loaded: Loaded):
-        return DataCollatorWithPadding(loaded.processor, pad_to_multiple_of=None)
+        return loaded.extra.get("padding") or Padding(loaded.processor)
 
     def source_batches(self, config: RunConfig, loaded: Loaded, name: str, samples: int, batch_size: int = 16):
         """Tokenised like the task's inputs; all read and checked here, before the first batch."""

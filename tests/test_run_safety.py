@@ -253,7 +253,7 @@ CASES = {
         "train", c.image_recipe(c.image_rows(_outside_link(c)))], "a link to"),
     "image folder with a link out": Case("hostile", lambda c: ["train", _folder_with_link(c)], "outside"),
     "max_image_pixels 0": Case("hostile", lambda c: ["train", c.image_recipe(max_image_pixels=0)],
-                               "max_image_pixels must be"),
+                               "`max_image_pixels` must be >= 1"),
     # ---- more of each kind
     "plan into a file": Case("new", lambda c: (c.out.write_text("x"), ["plan", c.recipe()])[1], "is a file"),
     "plan into a stopped run with a checkpoint": Case("new", lambda c: (

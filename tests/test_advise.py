@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
-from helpers import write_folder
-from hftl.commands import advise
+from helpers import cli_error, write_folder
+from hftl.commands import advise, verify
 from hftl.advice import baseline, budget, guide, probe, resolution
 from hftl.errors import HftlError
 from hftl.cli import main
@@ -389,3 +389,47 @@ def test_multi_label_advice_and_no_token_in_any_file(tmp_path, tiny_bert):
     for path in (tmp_path / "run-advice").iterdir():
         assert "hf_SECRET_advise" not in path.read_text()
     assert "hf_SECRET_advise" not in out + err
+
+
+# --- --verify: short trials decide the recipe ---------------------------------------------------------------
+
+
+def test_verify_trains_three_candidates_on_validation_writes_the_winner_and_resumes(tmp_path, tiny_bert, capsys):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(60, seed=11))
+    args = ["--model_name_or_path", tiny_bert, "--train_file", data, "--max_length", 16, "--use_cpu", "true",
+            "--out", tmp_path / "advice", "--probe_samples", 60, "--num_train_epochs", 1, "--verify", "--budget", "3s"]
+    rc, out, err = _advise(*args)
+    assert rc == 0, err[-3000:]
+    folder = tmp_path / "advice"
+    state = json.loads((folder / "verify.json").read_text())
+    rows = list(state["results"].values())
+    assert [r["strategy"] for r in rows] == ["advised", "partial", "feature_extraction"]  # advised: full
+    assert all(r["status"] == "ok" and 0 <= r["accuracy"] <= 1 for r in rows), rows
+    best = max(rows, key=lambda r: r["accuracy"])
+    recipe = (folder / "recipe.yaml").read_text()
+    assert recipe.splitlines()[1].startswith(f"# Chosen by `hftl advise --verify`: trial `{best['strategy']}`")
+    assert load_config(str(folder / "recipe.yaml")).training.output_dir == str(folder / "model")
+    table = (folder / "verify.md").read_text()
+    assert "| advised | full" in table and "validation accuracy" in table and "Classical baseline" in table
+    assert (folder / "verify.png").stat().st_size > 1000 and (folder / "verify.csv").read_text().count("\n") == 4
+    rc, out, err = _advise(*args, "--resume")  # every trial finished: kept, nothing trains again
+    assert rc == 0, err[-3000:]
+    assert out.count("finished in an earlier run; kept") == 3
+    assert json.loads((folder / "verify.json").read_text())["results"] == state["results"]
+    message = cli_error(capsys, ["advise", *map(str, args[:-3]), "--budget", "10m"])
+    assert "--budget and --resume belong to --verify" in message
+    with pytest.raises(HftlError, match="duration such as 10m"):
+        verify.parse_budget("ten minutes")
+    assert verify.parse_budget("1.5h") == 5400 and verify.parse_budget("90") == 90
+
+
+def test_train_warns_when_the_image_size_leaves_few_patches(tmp_path, tiny_vit, capsys):
+    from hftl.tasks import get_task
+
+    folder = write_folder(tmp_path / "images", classes=("blue", "red"), per_class=4)
+    task = get_task("image-classification")
+    for size, warned in ((16, True), (32, False)):  # patch 8: 2 x 2 patches, then 4 x 4
+        config = load_config(None, ["--task", "image-classification", "--model_name_or_path", str(tiny_vit), "--dataset",
+                                    str(folder), "--image_size", str(size), "--use_cpu", "true"])
+        task.build_model(config, task.load_data(config)[1])
+        assert ("leave the backbone 4 patches" in capsys.readouterr().out) is warned

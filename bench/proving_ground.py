@@ -182,19 +182,20 @@ def _score(pred: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
     return float(f1_score(targets.astype(int), pred, average="micro", zero_division=0))
 
 
-def classical(name: str, out: Path) -> dict:
-    """The baseline fitted on train, scored on test, the splits read as hftl reads them."""
+def classical(recipe: Path, overrides: list[str] | None = None) -> dict:
+    """The baseline fitted on train, scored on test, the splits read as `hftl train` reads them (any recipe:
+    `baseline --recipe recipes/demo/text-classification.yaml --max_train_samples 50`)."""
     from hftl.advice import baseline
     from hftl.config import load_config
     from hftl.data.images import decode
     from hftl.tasks import get_task
 
-    config = load_config(str(out / name / "recipe.yaml"))
+    config = load_config(str(recipe), overrides or [])
     raw, labels = get_task(config.transfer.task).load_data(config)
     start = time.perf_counter()
 
     def inputs(split):
-        if SETS[name][1] == "image":
+        if config.transfer.task == "image-classification":
             return baseline.pixels([decode(v) for v in raw[split][config.data.image_column]])
         second = raw[split][config.data.text_pair_column] if config.data.text_pair_column else None
         return list(raw[split][config.data.text_column]), second
@@ -217,7 +218,7 @@ def _test_score(folder: Path, multi_label: bool) -> float | None:
 def run(name: str, out: Path, budget: str) -> dict:
     """advise --verify on the set (its own process), then the row: baseline, probe, trials' test scores."""
     folder = out / name
-    row = {"name": name, **classical(name, out)}
+    row = {"name": name, **classical(folder / "recipe.yaml")}
     advice = folder / "advice"
     log = folder / "advise.log"
     start = time.perf_counter()
@@ -271,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", choices=tuple(SETS))
     parser.add_argument("--out", default=str(REPO / "runs" / "proving-ground"))
     parser.add_argument("--budget", default="15m")
-    args = parser.parse_args(argv)
+    parser.add_argument("--recipe", help="baseline: score this recipe's data instead of the sets")
+    args, overrides = parser.parse_known_args(argv)
     out = Path(args.out).resolve()
+    if args.recipe:
+        print(classical(Path(args.recipe), overrides))
+        return 0
     names = [args.name] if args.name else list(SETS)
     for name in names:
         write, kind = SETS[name]
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             write(out / name)
             print(f"{name}: {recipe(name, out / name, kind)}")
         elif args.command == "baseline":
-            print(name, classical(name, out))
+            print(name, classical(out / name / "recipe.yaml"))
         elif args.command == "run":
             print(json.dumps(run(name, out, args.budget), indent=2))
     if args.command == "table":

@@ -1,4 +1,5 @@
-"""bench/gpu.py must run end to end on CPU with --tiny (the GPU numbers come from the same code)."""
+"""bench/gpu.py must run end to end on CPU with --tiny (the GPU numbers come from the same code); the proving
+ground writes its sets as hftl reads them."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def test_gpu_bench_runs_tiny_on_cpu(tmp_path):
     assert len(rows) == 9  # 3 models x (plain, hftl full, hftl frozen)
     assert all("x |" in row for row in rows)
     assert sum("| 1.00x |" in row for row in rows) >= 3  # the plain Trainer is each model's baseline
+
+
+def test_proving_ground_writes_a_set_hftl_reads_and_scores_its_baseline(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import proving_ground
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    parts = proving_ground._split([{"k": i % 4} for i in range(400)], (100, 20, 40), key=lambda r: r["k"])
+    assert [len(p) for p in parts] == [100, 20, 40] and sum(r["k"] == 0 for r in parts[0]) == 25  # stratified
+    folder = tmp_path / "digits-8x8"
+    proving_ground.digits(folder)
+    recipe = proving_ground.recipe("digits-8x8", folder, "image")
+    assert recipe.read_text().startswith(f"# hftl train {recipe}")
+    row = proving_ground.classical(recipe)
+    assert (row["train"], row["test"]) == (500, 400) and row["baseline_test"] > 0.85  # pixels do well on 8x8 digits

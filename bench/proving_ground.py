@@ -227,7 +227,7 @@ def run(name: str, out: Path, budget: str) -> dict:
     with open(log, "w") as sink:
         code = subprocess.call(command, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
     row["wall_s"] = round(time.perf_counter() - start, 1)
-    row["exit_code"] = code
+    row["exit_code"], row["budget"] = code, budget
     record = json.loads((advice / "advice.json").read_text())
     measured = record["measurements"]
     row.update(probe=measured["probe"]["score"], probe_baseline=measured["baseline"]["score"],
@@ -250,19 +250,28 @@ def _f(value) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _trial(r: dict, name: str | None, named: bool = True) -> str:
+    """A trial's test score (and name); * when the budget stopped it before its planned epochs."""
+    t = r["trials"].get(name or "", {})
+    return f"{_f(t.get('test'))}{'*' if t.get('stopped') else ''}{f' ({name})' if named else ''}" if t else ""
+
+
 def table(out: Path) -> str:
-    lines = ["| data | train / test | classical baseline (test) | probe (CV; baseline CV) | advised recipe (test) | "
-             "advise --verify pick (test) | best trial (test) | wall time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data | train / test | classical baseline (test) | probe, CV (baseline, CV) | advice | advised trial (test) "
+             "| `--verify` pick (test) | best trial (test) | budget / wall time |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for name in SETS:
         path = out / name / "result.json"
         if not path.is_file():
-            lines.append(f"| {name} | not run | | | | | | |")
+            lines.append(f"| {name} | not run | | | | | | | |")
             continue
         r = json.loads(path.read_text())
-        advised = f"{_f(r.get('advised_test'))} ({r['advised']}{', ' + str(r['image_size']) + ' px' if r['image_size'] else ''})"
+        changed = ", ".join(line.rsplit("changed by ", 1)[-1] for line in r["changed_by"]) or "the guide's rules"
+        size = f" at {r['image_size']} px" if r["image_size"] else ""
         lines.append(f"| {name} | {r['train']:,} / {r['test']:,} | {_f(r['baseline_test'])} | {_f(r['probe'])} "
-                     f"({_f(r['probe_baseline'])}) | {advised} | {_f(r.get('verified_test'))} ({r.get('verified')}) | "
-                     f"{_f(r.get('best_test'))} ({r.get('best_trial')}) | {r['wall_s'] / 60:.1f} min |")
+                     f"({_f(r['probe_baseline'])}) | `{r['advised']}`{size} ({changed}) | {_trial(r, 'advised', named=False)} | "
+                     f"{_trial(r, r.get('verified'))} | {_trial(r, r.get('best_trial'))} | {r.get('budget', '')} / "
+                     f"{r['wall_s'] / 60:.0f} min |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,13 +68,13 @@ def _split(rows: list, sizes: tuple[int, int, int], key=None) -> tuple[list, lis
     return parts
 
 
-def digits(folder: Path) -> None:
+def digits(folder: Path, sizes: tuple[int, int, int] = (500, 150, 400)) -> None:
     from PIL import Image
     from sklearn.datasets import load_digits
 
     data = load_digits()
     rows = [(np.uint8(image * 255 / 16), int(label)) for image, label in zip(data.images, data.target)]
-    for split, part in zip(("train", "validation", "test"), _split(rows, (500, 150, 400), key=lambda r: r[1])):
+    for split, part in zip(("train", "validation", "test"), _split(rows, sizes, key=lambda r: r[1])):
         for i, (pixels, label) in enumerate(part):
             path = folder / "data" / split / str(label) / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

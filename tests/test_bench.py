@@ -38,8 +38,8 @@ def test_proving_ground_writes_a_set_hftl_reads_and_scores_its_baseline(tmp_path
     parts = proving_ground._split([{"k": i % 4} for i in range(400)], (100, 20, 40), key=lambda r: r["k"])
     assert [len(p) for p in parts] == [100, 20, 40] and sum(r["k"] == 0 for r in parts[0]) == 25  # stratified
     folder = tmp_path / "digits-8x8"
-    proving_ground.digits(folder)
+    proving_ground.digits(folder, sizes=(100, 20, 60))
     recipe = proving_ground.recipe("digits-8x8", folder, "image")
     assert recipe.read_text().startswith(f"# hftl train {recipe}")
     row = proving_ground.classical(recipe)
-    assert (row["train"], row["test"]) == (500, 400) and row["baseline_test"] > 0.85  # pixels do well on 8x8 digits
+    assert (row["train"], row["test"]) == (100, 60) and row["baseline_test"] > 0.7  # pixels do well on 8x8 digits

@@ -5,7 +5,9 @@ top layers; over 10k, fine-tune everything; a different domain unfreezes more; a
 trains more of the network. The answer is a depth: how many backbone layer groups train. Inside
 the 100-10k band the depth grows with the data on a log scale, from the top group at 100 examples
 to all but the embeddings at 10k, so "the top layers" becomes a number a recipe can use.
-`hftl advise` (commands/advise.py) measures the inputs and writes the outcome.
+These rules are priors: where a measurement contradicts them (measured.py), the measurement
+wins and the advice says so; budget.py sizes the training. `hftl advise` (commands/advise.py)
+measures the inputs and writes the outcome.
 """
 
 from __future__ import annotations

@@ -221,8 +221,12 @@ def test_resolution_sizes_and_the_cheapest_size_within_a_tie():
             {"size": 224, "patches": 256, "score": 0.86, "lift": 0.81, "seconds": 9.0}]
     assert resolution.choose(rows)["size"] == 84
     assert "advised image_size 84" in resolution.lines(rows)[-1] and "cost x64.0" in resolution.lines(rows)[2]
-    flat = [dict(r, lift=0.8) for r in rows]
-    assert resolution.choose(flat)["size"] == 28 and "does not matter" in resolution.lines(flat)[-1]
+    flat = [dict(r, lift=0.8) for r in rows]  # every size as good: the cheapest with 16+ patches, not 2 x 2
+    assert resolution.choose(flat)["size"] == 84 and "does not matter" in resolution.lines(flat)[-1]
+    noisy = [dict(r, noise=0.1) for r in rows[1:]] + [dict(rows[2], size=112, patches=64, lift=0.9)]
+    assert resolution.choose(noisy)["size"] == 84  # 0.1 better at 112 px, within a noise of 0.1
+    fit = probe.Probe(0.85, 0.1, 256, 5)
+    assert 0.04 < resolution.row(56, 14, fit, 1.0)["noise"] < 0.06  # two standard errors of 256 images, in lift
 
 
 # --- end to end on tiny checkpoints ---------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def recipe_text(config: RunConfig, order: list[str], m: Measurements, a: Advice,
         "strategy": a.rules[0].split(":")[0] + f"; domain {a.domain}" + changed,
         "unfrozen_groups": f"of {m.backbone_groups} backbone groups" if a.strategy == "partial" else "used by partial only",
         "layer_decay": "the bottom trained group learns at about half the top's rate",
-        "image_size": f"the cheapest probed input size within {resolution.TIE} lift of the best (advice.md)",
+        "image_size": "the cheapest probed input size within the probe's noise of the best lift (advice.md)",
         **a.reasons,
     }
     epochs = int(a.num_train_epochs) if float(a.num_train_epochs).is_integer() else a.num_train_epochs

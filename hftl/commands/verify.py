@@ -69,13 +69,14 @@ def _variant(m, a, config, strategy: str, name: str, why: str, image_size: int |
 
 def candidates(m, a, config) -> list[Trial]:
     """The advised recipe first, then the strategies it did not choose (fine-tuning ones first), and for images
-    the advised strategy at the runner-up input size: three in all."""
+    the advised strategy at the recipe's own input size (else the runner-up size): three in all."""
     trials = [Trial("advised", a, "the advice")]
     others = [s for s in ("full", "partial", "feature_extraction") if s != a.strategy]
     if m.resolution and len(m.resolution) > 1 and a.image_size:
         rest = sorted((r for r in m.resolution if r["size"] != a.image_size), key=lambda r: -r["lift"])
-        size = rest[0]["size"]
-        trials.append(_variant(m, a, config, a.strategy, f"{a.strategy}@{size}", "the runner-up input size", size))
+        own = config.data.image_size if config.data.image_size not in (None, a.image_size) else None
+        size, why = (own, "the recipe's own input size") if own else (rest[0]["size"], "the runner-up input size")
+        trials.append(_variant(m, a, config, a.strategy, f"{a.strategy}@{size}", why, size))
         others = others[:1]
     for strategy in others[: 3 - len(trials)]:
         trials.append(_variant(m, a, config, strategy, strategy, "a strategy the advice did not choose"))

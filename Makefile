@@ -10,7 +10,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 EXTRA ?=# more --key value overrides, e.g. make demo-scratch EXTRA="--learning_rate 5e-4"
 
-.PHONY: readme-keys demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting advise sweep test test-fast bench env clean
+.PHONY: readme-keys demo demo-scratch demo-image demo-image-scratch demo-clip demo-forgetting advise sweep proving-ground test test-fast bench env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ sweep: $(STAMP)
 	$(OFFLINE) $(BIN)/hftl sweep recipes/demo/text-classification.yaml --resume $(EXTRA)
 
 JOBS ?= 2# pytest workers (pytest-xdist); tests run one torch thread each, so one worker per core
+
+proving-ground: $(STAMP)  # data no recipe was tuned on: write the sets, advise --verify on each, print the table
+	$(OFFLINE) $(BIN)/python bench/proving_ground.py write
+	for name in digits-8x8 ucla-fewshot movie-genres course-pairs tweet-source; do \
+		$(OFFLINE) $(BIN)/python bench/proving_ground.py run $$name $(EXTRA) || exit 1; done
+	$(OFFLINE) $(BIN)/python bench/proving_ground.py table
+
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile

@@ -19,8 +19,9 @@ USAGE = """hftl train RECIPE.yaml [--key value ...]   fine-tune (writes plan, mo
        hftl plan  RECIPE.yaml [--key value ...]   build the model and print its layer-group plan
        hftl wise-ft RECIPE.yaml [--alphas 0,0.25,0.5,0.75,1] [--fine_tuned PATH] [--key value ...]
                                                   CLIP: interpolate zero-shot and fine-tuned weights, table + plot
-       hftl advise [RECIPE.yaml] [--out DIR] [--probe_samples 1000] [--force] [--key value ...]
-                                                  measure data, domain and task; recommend a strategy; write its recipe
+       hftl advise [RECIPE.yaml] [--out DIR] [--probe_samples 1000] [--force] [--verify [--budget 10m] [--resume]]
+                   [--key value ...]              measure data, domain, task and a classical baseline; recommend a
+                                                  strategy; write its recipe (--verify: short trials decide it)
        hftl sweep RECIPE.yaml [--strategies feature_extraction,partial,full,lora,scratch] [--sweep_dir DIR]
                   [--resume] [--launcher "accelerate launch ..."] [--key value ...]
                                                   train each strategy on the same data and budget; table + CSV + chart
@@ -104,10 +105,11 @@ def _dispatch(command: str, recipe: str, overrides: list[str]) -> int:
     if command == "advise":
         out, samples, force = _take(overrides, "--out"), _take(overrides, "--probe_samples"), _flag(overrides, "--force")
         samples = _int("--probe_samples", samples, 1000)
+        checks = _flag(overrides, "--verify"), _take(overrides, "--budget"), _flag(overrides, "--resume")
         config = load_config(recipe or None, overrides)
         from hftl.commands import advise
 
-        advise.run(config, recipe or None, overrides, out, samples, force)
+        advise.run(config, recipe or None, overrides, out, samples, force, advise.Verify(*checks))
         return 0
     if command == "sweep":
         from hftl.commands import sweep

@@ -13,10 +13,9 @@ import pytest
 import yaml
 
 from conftest import NEGATIVE, POSITIVE, WORDS, make_tiny_model, sentiment_rows, write_csv, write_recipe
-from helpers import write_folder
-from hftl.commands import advise
-from hftl.advice import guide
-from hftl.advice import probe
+from helpers import cli_error, write_folder
+from hftl.commands import advise, verify
+from hftl.advice import baseline, budget, guide, probe, resolution
 from hftl.errors import HftlError
 from hftl.cli import main
 from hftl.config import load_config
@@ -130,11 +129,14 @@ def test_complex_tasks_train_more(base_config):
     assert "complex" in many.rules[2]
 
 
-def test_notes_name_a_weak_head_token_and_unspaced_text_skips_fragmentation(base_config):
+def test_a_weak_head_token_changes_frozen_features_to_full_and_unspaced_text_skips_fragmentation(base_config):
     m = _measured(50)
     m.probe_first = probe.Probe(0.6, 0.5, 50, 5)  # lift 0.2 against 0.8 for the mean
     advice = guide.decide(m, base_config)
-    assert any("the first token, which the classification head reads" in n for n in advice.notes)
+    assert advice.strategy == "full" and advice.num_train_epochs == 25 and advice.warmup_steps == 0.1
+    assert advice.rules[0].startswith("50 training examples < 100") and "first-token probe" in advice.changed_by[0]
+    m.head_reads = "all"  # a head that pools every token (DINOv2's) is not limited by the first token
+    assert guide.decide(m, base_config).strategy == "feature_extraction"
     unspaced = _measured(500, tokenizer={"subwords_per_word": None, "unknown_rate": 0.0})
     assert guide.decide(unspaced, base_config).domain == "close"
     assert any("without spaces" in line for line in guide.domain(unspaced)[1])
@@ -153,11 +155,88 @@ def test_layer_decay_and_head_steps(base_config):
     assert few.num_train_epochs == 25 and few.head_lr == 1e-3
 
 
+def test_random_weights_as_good_as_pretrained_change_the_advice(base_config):
+    m = _measured(500)  # lift 0.8: the guide says partial
+    m.probe_random = probe.Probe(0.88, 0.5, 500, 5)  # lift 0.76: pre-training adds 0.04
+    advice = guide.decide(m, base_config)
+    assert advice.strategy == "full" and "random-weights probe" in advice.changed_by[0]
+    m.probe_random = probe.Probe(0.6, 0.5, 500, 5)  # lift 0.2: pre-training adds 0.6
+    assert guide.decide(m, base_config).strategy == "partial" and not guide.decide(m, base_config).changed_by
+
+
+def test_a_baseline_as_good_as_the_probe_changes_the_advice_and_says_transfer_may_not_win(base_config):
+    m = _measured(500)  # probe 0.9
+    m.baseline, m.baseline_kind = probe.Probe(0.91, 0.5, 500, 5), "tf-idf"
+    advice = guide.decide(m, base_config)
+    assert advice.strategy == "full" and "changed by the baseline" in advice.changed_by[0]
+    assert advice.transfer_wins is False and advice.transfer.startswith("transfer is NOT expected to win")
+    m.baseline = probe.Probe(0.7, 0.5, 500, 5)
+    weaker = guide.decide(m, base_config)
+    assert weaker.strategy == "partial" and weaker.transfer_wins and "0.700" in weaker.transfer
+
+
+def test_budget_from_the_data_and_the_strategy():
+    few = budget.plan(50, "full", 16, 20_000_000, {})
+    assert (few.num_train_epochs, few.warmup_steps, few.learning_rate) == (25, 0.1, 1e-4)
+    head = budget.plan(50, "feature_extraction", 16, 20_000_000, {})
+    assert (head.num_train_epochs, head.warmup_steps) == (25, 0.0)
+    assert budget.plan(20_000, "full", 16, 110_000_000, {}).num_train_epochs == 3
+    assert budget.plan(20_000, "full", 16, 110_000_000, {}).learning_rate == 3e-5
+    own = budget.plan(50, "full", 16, 20_000_000, {"num_train_epochs": 40, "learning_rate": 2e-5})
+    assert (own.num_train_epochs, own.learning_rate) == (40, 2e-5) and "kept" in own.reasons["num_train_epochs"]
+    assert budget.plan(50, "full", 16, 20_000_000, {"num_train_epochs": 3}).num_train_epochs == 25
+
+
+def test_text_baseline_on_the_probe_folds_single_multi_label_and_pairs():
+    rows = sentiment_rows(80, seed=9)
+    texts = [r["text"] for r in rows]
+    targets = np.array([r["label"] == "pos" for r in rows], dtype=np.int64)
+    good = baseline.cross_validated(baseline.text_rows(texts, None), targets, False)
+    shuffled = baseline.cross_validated(baseline.text_rows(texts, None), np.random.default_rng(0).permutation(targets), False)
+    assert good.score > 0.9 and good.folds == 5 and abs(shuffled.lift) < 0.35
+    multi = np.stack([targets, 1 - targets, (np.arange(80) % 2 == 0)], 1).astype(np.float32)
+    assert baseline.cross_validated(baseline.text_rows(texts, None), multi, True).chance == 0.5
+    same = np.array([i % 2 for i in range(80)], dtype=np.int64)  # pairs: is the second text the first one again?
+    second = [t if same[i] else texts[(i + 7) % 80] for i, t in enumerate(texts)]
+    assert baseline.cross_validated(baseline.text_rows(texts, second), same, False).score > 0.8
+
+
+def test_pixel_baseline_and_the_verdict():
+    from helpers import colour_image
+
+    images = [colour_image(c, (20, 20), seed=i) for i in range(20) for c in ("blue", "red")]
+    targets = np.array([0, 1] * 20)
+    x = baseline.pixels(images)
+    assert x.shape == (40, 3 * baseline.PIXEL_SIDE ** 2) and baseline.cross_validated(x, targets, False).score == 1.0
+    assert baseline.pixels([images[0].convert("L")]).shape == (1, baseline.PIXEL_SIDE ** 2)
+    wins, noise = baseline.verdict(probe.Probe(0.7, 0.5, 400, 5), probe.Probe(0.9, 0.5, 400, 5))
+    assert wins and 0.01 <= noise < 0.05
+    assert not baseline.verdict(probe.Probe(0.89, 0.5, 400, 5), probe.Probe(0.9, 0.5, 400, 5))[0]
+
+
+def test_resolution_sizes_and_the_cheapest_size_within_a_tie():
+    assert resolution.sizes(28, 224, 14) == [28, 84, 224]
+    assert resolution.sizes(8, 224, 14) == [28, 84, 224]  # never under 2 x 2 patches
+    assert resolution.sizes(300, 224, 14, recipe=56) == [56, 224]
+    rows = [{"size": 28, "patches": 4, "score": 0.7, "lift": 0.6, "seconds": 1.0},
+            {"size": 84, "patches": 36, "score": 0.85, "lift": 0.8, "seconds": 3.0},
+            {"size": 224, "patches": 256, "score": 0.86, "lift": 0.81, "seconds": 9.0}]
+    assert resolution.choose(rows)["size"] == 84
+    assert "advised image_size 84" in resolution.lines(rows)[-1] and "cost x64.0" in resolution.lines(rows)[2]
+    flat = [dict(r, lift=0.8) for r in rows]  # every size as good: the cheapest with 16+ patches, not 2 x 2
+    assert resolution.choose(flat)["size"] == 84 and "does not matter" in resolution.lines(flat)[-1]
+    noisy = [dict(r, noise=0.1) for r in rows[1:]] + [dict(rows[2], size=112, patches=64, lift=0.9)]
+    assert resolution.choose(noisy)["size"] == 84  # 0.1 better at 112 px, within a noise of 0.1
+    fit = probe.Probe(0.85, 0.1, 256, 5)
+    assert 0.04 < resolution.row(56, 14, fit, 1.0)["noise"] < 0.06  # two standard errors of 256 images, in lift
+
+
 # --- end to end on tiny checkpoints ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("rows", "strategy"), [(40, "feature_extraction"), (400, "partial"), (12_000, "full")])
-def test_advise_on_tiny_datasets_of_three_sizes(tmp_path, tiny_bert, rows, strategy):
+@pytest.mark.parametrize(("rows", "prior"), [(40, "< 100: frozen features"), (400, "in 100-10,000: fine-tune the top"),
+                                             (12_000, "> 10,000: full fine-tuning")])
+def test_advise_on_tiny_datasets_of_three_sizes(tmp_path, tiny_bert, rows, prior):
     data = write_csv(tmp_path / "train.csv", sentiment_rows(rows, seed=3))
     recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_bert), train_file=str(data),
                           output_dir=str(tmp_path / "run"), validation_split=0.05)
@@ -165,15 +244,23 @@ def test_advise_on_tiny_datasets_of_three_sizes(tmp_path, tiny_bert, rows, strat
     assert rc == 0, err[-2000:]
     folder = tmp_path / "run-advice"
     record = json.loads((folder / "advice.json").read_text())
-    assert record["advice"]["strategy"] == strategy, out
+    advice = record["advice"]
+    assert prior in advice["rules"][0], advice["rules"]  # the guide's rule for the data size is the prior ...
+    # ... and the tiny checkpoint's weights are random: its features are no better than random ones, nor than
+    # TF-IDF on these word-cued texts, so the measurements make it full wherever the guide froze something
+    assert advice["strategy"] == "full", out
+    if rows < 10_000:
+        assert "random-weights probe" in advice["changed_by"][0] and "changed by a measurement" in out
     assert record["measurements"]["examples"] == round(rows * 0.95)
-    assert record["advice"]["domain"] != "far"
+    assert record["measurements"]["baseline"]["folds"] == record["measurements"]["probe"]["folds"]
+    assert "transfer is NOT expected to win" in out and "classical baseline: TF-IDF" in out
     assert record["measurements"]["probe_random"]["examples"] == record["measurements"]["probe"]["examples"]
-    assert f"strategy: **{strategy}**" in out and "## Rules applied" in out
+    assert "strategy: **full**" in out and "## Rules applied" in out
     written = folder / "recipe.yaml"
-    assert written.read_text().startswith(f"# hftl train {written}")
+    text = written.read_text()
+    assert text.startswith(f"# hftl train {written}") and "transfer is NOT expected to win" in text
     config = load_config(str(written))  # a ready-to-run recipe: every key valid
-    assert config.transfer.strategy == strategy
+    assert config.transfer.strategy == "full" and config.training.warmup_steps == 0.1
     assert config.training.output_dir == str(folder / "model")
     assert config.model.model_name_or_path == str(tiny_bert)
 
@@ -186,7 +273,7 @@ def test_advise_without_a_recipe_and_refusing_to_overwrite(tmp_path, tiny_bert):
     assert rc == 0, err[-2000:]
     written = yaml.safe_load((tmp_path / "advice" / "recipe.yaml").read_text())
     assert written["train_file"] == str(data) and written["max_length"] == 32
-    assert written["strategy"] == "feature_extraction"
+    assert written["strategy"] == "full"  # 54 examples, but random-weight features: changed by a measurement
     before = (tmp_path / "advice" / "recipe.yaml").read_bytes()
     rc, _, err = _advise(*args)
     assert rc == 2 and "already holds advice" in err and "--force" in err
@@ -283,8 +370,13 @@ def test_advise_on_an_image_folder(tmp_path, tiny_vit):
     record = json.loads((tmp_path / "advice" / "advice.json").read_text())
     assert record["measurements"]["tokenizer"] is None and record["measurements"]["mlm"] is None
     assert record["measurements"]["probe_lift"] > 0.5  # plain colours: even random features separate them
-    assert record["advice"]["strategy"] == "feature_extraction"  # 54 training images
-    assert load_config(str(tmp_path / "advice" / "recipe.yaml")).transfer.task == "image-classification"
+    assert "random-weights probe" in record["advice"]["changed_by"][0]  # 54 images: the guide froze the backbone
+    assert record["measurements"]["baseline"]["score"] == 1.0 and "raw pixels" in out
+    sizes = [r["size"] for r in record["measurements"]["resolution"]]
+    assert sizes == [24, 32] and "input size (the probe at each, same folds)" in out  # native 16-32 px, ViT's 32
+    written = load_config(str(tmp_path / "advice" / "recipe.yaml"))
+    assert written.transfer.task == "image-classification" and written.data.image_size == record["advice"]["image_size"]
+    assert written.data.image_size in sizes
 
 
 def test_multi_label_advice_and_no_token_in_any_file(tmp_path, tiny_bert):
@@ -303,3 +395,47 @@ def test_multi_label_advice_and_no_token_in_any_file(tmp_path, tiny_bert):
     for path in (tmp_path / "run-advice").iterdir():
         assert "hf_SECRET_advise" not in path.read_text()
     assert "hf_SECRET_advise" not in out + err
+
+
+# --- --verify: short trials decide the recipe ---------------------------------------------------------------
+
+
+def test_verify_trains_three_candidates_on_validation_writes_the_winner_and_resumes(tmp_path, tiny_bert, capsys):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(60, seed=11))
+    args = ["--model_name_or_path", tiny_bert, "--train_file", data, "--max_length", 16, "--use_cpu", "true",
+            "--out", tmp_path / "advice", "--probe_samples", 60, "--num_train_epochs", 1, "--verify", "--budget", "3s"]
+    rc, out, err = _advise(*args)
+    assert rc == 0, err[-3000:]
+    folder = tmp_path / "advice"
+    state = json.loads((folder / "verify.json").read_text())
+    rows = list(state["results"].values())
+    assert [r["strategy"] for r in rows] == ["advised", "partial", "feature_extraction"]  # advised: full
+    assert all(r["status"] == "ok" and 0 <= r["accuracy"] <= 1 for r in rows), rows
+    best = max(rows, key=lambda r: r["accuracy"])
+    recipe = (folder / "recipe.yaml").read_text()
+    assert recipe.splitlines()[1].startswith(f"# Chosen by `hftl advise --verify`: trial `{best['strategy']}`")
+    assert load_config(str(folder / "recipe.yaml")).training.output_dir == str(folder / "model")
+    table = (folder / "verify.md").read_text()
+    assert "| advised | full" in table and "validation accuracy" in table and "Classical baseline" in table
+    assert (folder / "verify.png").stat().st_size > 1000 and (folder / "verify.csv").read_text().count("\n") == 4
+    rc, out, err = _advise(*args, "--resume")  # every trial finished: kept, nothing trains again
+    assert rc == 0, err[-3000:]
+    assert out.count("finished in an earlier run; kept") == 3
+    assert json.loads((folder / "verify.json").read_text())["results"] == state["results"]
+    message = cli_error(capsys, ["advise", *map(str, args[:-3]), "--budget", "10m"])
+    assert "--budget and --resume belong to --verify" in message
+    with pytest.raises(HftlError, match="duration such as 10m"):
+        verify.parse_budget("ten minutes")
+    assert verify.parse_budget("1.5h") == 5400 and verify.parse_budget("90") == 90
+
+
+def test_train_warns_when_the_image_size_leaves_few_patches(tmp_path, tiny_vit, capsys):
+    from hftl.tasks import get_task
+
+    folder = write_folder(tmp_path / "images", classes=("blue", "red"), per_class=4)
+    task = get_task("image-classification")
+    for size, warned in ((16, True), (32, False)):  # patch 8: 2 x 2 patches, then 4 x 4
+        config = load_config(None, ["--task", "image-classification", "--model_name_or_path", str(tiny_vit), "--dataset",
+                                    str(folder), "--image_size", str(size), "--use_cpu", "true"])
+        task.build_model(config, task.load_data(config)[1])
+        assert ("leave the backbone 4 patches" in capsys.readouterr().out) is warned

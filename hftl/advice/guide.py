@@ -5,7 +5,9 @@ top layers; over 10k, fine-tune everything; a different domain unfreezes more; a
 trains more of the network. The answer is a depth: how many backbone layer groups train. Inside
 the 100-10k band the depth grows with the data on a log scale, from the top group at 100 examples
 to all but the embeddings at 10k, so "the top layers" becomes a number a recipe can use.
-`hftl advise` (commands/advise.py) measures the inputs and writes the outcome.
+These rules are priors: where a measurement contradicts them (measured.py), the measurement
+wins and the advice says so; budget.py sizes the training. `hftl advise` (commands/advise.py)
+measures the inputs and writes the outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hftl.advice import probe
+from hftl.advice import baseline, budget, measured, probe, resolution
 
 FEW, MANY = 100, 10_000  # the guide's thresholds on labelled training examples
 CLOSE_LIFT, FAR_LIFT = 0.5, 0.25  # probe lift (0 chance, 1 perfect) above which features fit, below which they do not
@@ -21,9 +23,9 @@ FRAGMENTED = 2.0  # sub-words per word; English text under an English WordPiece/
 UNKNOWN = 0.02  # share of unknown tokens
 MLM_FAR = 0.2  # masked-token accuracy of the checkpoint's own MLM head; about 0.5-0.7 on text like its corpus
 MANY_CLASSES = 20  # label spaces past this count as complex
-MIN_HEAD_STEPS = 100  # feature extraction trains a head on cached features: cheap, so it gets at least this many steps
-HEAD_TOKEN_GAP = 0.1  # lift lost when the head reads the first token instead of the mean: worth a note
-SMALL_MODEL = 60e6  # parameters; smaller encoders take larger steps
+MIN_HEAD_STEPS = budget.MIN_HEAD_STEPS
+HEAD_TOKEN_GAP = measured.HEAD_TOKEN_GAP  # lift lost when the head reads the first token instead of the mean
+SMALL_MODEL = budget.SMALL_MODEL
 
 
 @dataclass
@@ -43,6 +45,10 @@ class Measurements:
     probe_random: probe.Probe | None = None  # the same architecture with random weights, mean of tokens
     tokenizer: dict | None = None
     mlm: dict | None = None
+    head_reads: str = "first"  # what the task's head reads of the last block: `first` token, or `all` tokens pooled
+    baseline: probe.Probe | None = None  # the classical baseline on the probe's folds (baseline.py)
+    baseline_kind: str = ""
+    resolution: list[dict] | None = None  # images: the probe at several input sizes (resolution.py)
 
     @property
     def classes(self) -> int:
@@ -66,6 +72,12 @@ class Advice:
     domain: str  # close | moderate | far
     rules: list[str] = field(default_factory=list)  # the guide's rules as applied, with the measurements
     notes: list[str] = field(default_factory=list)  # what the strategy does not settle
+    changed_by: list[str] = field(default_factory=list)  # measurements that overrode the guide's rules (measured.py)
+    warmup_steps: float = 0.0
+    image_size: int | None = None  # images: the input size with the best lift for its cost
+    transfer: str | None = None  # whether transfer is expected to beat the classical baseline, in words
+    transfer_wins: bool | None = None  # the same as a value; None without a baseline
+    reasons: dict[str, str] = field(default_factory=dict)  # why each advised value, for the recipe's comments
 
 
 def domain(m: Measurements) -> tuple[str, list[str]]:
@@ -140,23 +152,29 @@ def layer_decay(trained: int) -> float:
 
 
 def decide(m: Measurements, config) -> Advice:
-    """The strategy and its settings; the recipe's own learning_rate and head_lr win over the guide's."""
+    """The strategy and its settings: the guide's rules, then the measurements that overrule them (measured.py),
+    then the budget (budget.py); the recipe's own learning_rate, head_lr, warmup and larger epochs win."""
     depth, rule = _depth_from_data(m.examples, m.backbone_groups)
     verdict = domain(m)[0]
     depth, domain_rule = _domain_rule(m, depth, verdict)
     depth, complexity_rule = _complexity_rule(m, depth)
+    depth, changed = measured.apply(m, min(depth, m.backbone_groups), m.backbone_groups)
     depth = min(depth, m.backbone_groups)
     strategy = "feature_extraction" if depth == 0 else "full" if depth >= m.backbone_groups else "partial"
     t = config.training
-    lr = t.learning_rate if "learning_rate" in config.user_keys else (1e-4 if m.parameters < SMALL_MODEL else 3e-5)
-    epochs = t.num_train_epochs
-    steps = math.ceil(m.examples / t.per_device_train_batch_size)  # one process; more processes take fewer steps
-    if strategy == "feature_extraction" and epochs * steps < MIN_HEAD_STEPS:
-        epochs = min(100, math.ceil(MIN_HEAD_STEPS / steps))
+    given = {k: getattr(t, k) for k in ("num_train_epochs", "learning_rate", "warmup_steps") if k in config.user_keys}
+    if config.transfer.head_lr is not None:
+        given["head_lr"] = config.transfer.head_lr
+    b = budget.plan(m.examples, strategy, t.per_device_train_batch_size, m.parameters, given)
     advice = Advice(strategy, depth if strategy == "partial" else config.transfer.unfrozen_groups,
-                    layer_decay(depth), lr, config.transfer.head_lr or 1e-3, epochs, verdict,
-                    [rule, domain_rule, complexity_rule])
-    advice.notes = notes(m, advice, given_lr="learning_rate" in config.user_keys, epochs_raised=epochs != t.num_train_epochs)
+                    layer_decay(depth), b.learning_rate, b.head_lr, b.num_train_epochs, verdict,
+                    [rule, domain_rule, complexity_rule, *changed], changed_by=changed, warmup_steps=b.warmup_steps,
+                    transfer=measured.transfer_line(m), reasons=b.reasons,
+                    transfer_wins=baseline.verdict(m.baseline, m.probe)[0] if m.baseline else None)
+    if m.resolution:
+        advice.image_size = resolution.choose(m.resolution)["size"]
+    advice.notes = notes(m, advice, given_lr="learning_rate" in config.user_keys,
+                         epochs_raised=strategy == "feature_extraction" and advice.num_train_epochs != t.num_train_epochs)
     return advice
 
 
@@ -168,7 +186,8 @@ def notes(m: Measurements, a: Advice, given_lr: bool, epochs_raised: bool) -> li
     if not given_lr and a.strategy != "feature_extraction":
         out.append(f"learning_rate {a.learning_rate:g} for a {m.parameters / 1e6:.0f}M-parameter model (1e-4 under "
                    f"{SMALL_MODEL / 1e6:.0f}M, else 3e-5, in the 2e-5 to 5e-5 BERT range); a recipe's own value wins")
-    if m.probe_first is not None and m.probe.lift - m.probe_first.lift > HEAD_TOKEN_GAP:
+    if (m.probe_first is not None and m.head_reads == "first" and m.probe.lift - m.probe_first.lift > HEAD_TOKEN_GAP
+            and not any("first-token probe" in line for line in a.changed_by)):
         out.append(f"the first token, which the classification head reads, probes at {m.probe_first.score:.3f} (lift "
                    f"{m.probe_first.lift:.2f}) against {m.probe.score:.3f} for the mean of tokens: this checkpoint's "
                    "features live in the mean, so frozen features with the standard head reach less than the probe")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
@@ -19,8 +19,10 @@ import numpy as np
 import yaml
 from transformers import set_seed
 
-from hftl.advice import probe
+from hftl.advice import probe, resolution
 from hftl.advice.guide import Advice, Measurements, decide, domain
+from hftl.commands import advise_probes
+from hftl.commands import verify as verify_trials
 from hftl.config import RunConfig, override_keys, read_recipe
 from hftl.engine.layers import layer_groups
 from hftl.errors import HftlError
@@ -54,7 +56,13 @@ def measure(config: RunConfig, samples: int) -> Measurements:
         pairs=bool(config.data.text_pair_column), probe=pretrained,
         backbone_groups=sum(1 for g in layer_groups(model) if not g.is_head),
         parameters=sum(p.numel() for p in model.parameters()), probe_first=first, probe_random=random_weights,
+        head_reads=task.cache_tokens(model),
     )
+    images = loaded.preprocess is not None  # image inputs: pixels for the baseline, and an input size to choose
+    m.baseline, m.baseline_kind, seconds = advise_probes.classical(config, sample, labels.multi_label, images)
+    print(f"hftl: classical baseline {m.baseline.score:.3f} ({seconds:.1f} s)")
+    if images:
+        m.resolution = advise_probes.sizes_of(config, task, loaded, sample) or None
     if task.capabilities.text_embeddings:
         texts = [t or "" for t in sample[config.data.text_column]]
         m.tokenizer = probe.tokenizer_stats(processor, texts)
@@ -102,6 +110,10 @@ def report(m: Measurements, a: Advice, recipe_path: Path | None = None) -> str:
         f"- domain: {a.domain}",
         *[f"  - {line}" for line in domain(m)[1]],
         f"- model: {m.parameters / 1e6:.1f}M parameters, {m.backbone_groups} backbone layer groups",
+        *([f"- classical baseline: {m.baseline_kind}: {m.baseline.score:.3f} balanced accuracy on the probe's folds "
+           f"(lift {m.baseline.lift:.2f}), frozen features {m.probe.score:.3f}"] if m.baseline else []),
+        *(["- input size (the probe at each, same folds):", *[f"  - {line}" for line in resolution.lines(m.resolution)]]
+          if m.resolution else []),
         "",
         "## Rules applied",
         *[f"{i}. {rule}" for i, rule in enumerate(a.rules, 1)],
@@ -110,7 +122,11 @@ def report(m: Measurements, a: Advice, recipe_path: Path | None = None) -> str:
         f"- strategy: **{a.strategy}**" + (f", the top {a.unfrozen_groups} of {m.backbone_groups} groups"
                                          if a.strategy == "partial" else ""),
         f"- layer_decay {a.layer_decay}, learning_rate {a.learning_rate:g}, head_lr {a.head_lr:g}, "
-        f"num_train_epochs {a.num_train_epochs:g}",
+        f"num_train_epochs {a.num_train_epochs:g}, warmup_steps {a.warmup_steps:g}"
+        + (f", image_size {a.image_size}" if a.image_size else ""),
+        *[f"- changed by a measurement: {line.rsplit('changed by ', 1)[-1]} (rule {a.rules.index(line) + 1})"
+          for line in a.changed_by],
+        *([f"- **{a.transfer}**"] if a.transfer else []),
         *[f"- note: {n}" for n in a.notes],
     ]
     if recipe_path is not None:
@@ -119,7 +135,8 @@ def report(m: Measurements, a: Advice, recipe_path: Path | None = None) -> str:
 
 
 FILES = ("recipe.yaml", "advice.md", "advice.json")
-ADVISED = ("strategy", "unfrozen_groups", "layer_decay", "learning_rate", "head_lr", "num_train_epochs")
+ADVISED = ("strategy", "unfrozen_groups", "layer_decay", "learning_rate", "head_lr", "num_train_epochs", "warmup_steps",
+           "image_size")
 NOT_COPIED = {"overwrite_output_dir", "resume_from_checkpoint", "from_scratch"}
 
 
@@ -131,25 +148,30 @@ def recipe_text(config: RunConfig, order: list[str], m: Measurements, a: Advice,
     values = {k: resolved[k] for k in keys}
     values["task"] = config.transfer.task
     values["output_dir"] = str(path.parent / "model")  # the run lands beside its recipe and advice
+    changed = "; changed by a measurement (advice.md)" if a.changed_by else ""
     reasons = {
-        "strategy": a.rules[0].split(":")[0] + f"; domain {a.domain}",
+        "strategy": a.rules[0].split(":")[0] + f"; domain {a.domain}" + changed,
         "unfrozen_groups": f"of {m.backbone_groups} backbone groups" if a.strategy == "partial" else "used by partial only",
         "layer_decay": "the bottom trained group learns at about half the top's rate",
-        "learning_rate": "the top backbone group",
-        "head_lr": "the new head starts from random: a normal lr",
-        "num_train_epochs": "",
+        "image_size": "the cheapest probed input size within the probe's noise of the best lift (advice.md)",
+        **a.reasons,
     }
     epochs = int(a.num_train_epochs) if float(a.num_train_epochs).is_integer() else a.num_train_epochs
     advised = {"strategy": a.strategy, "unfrozen_groups": a.unfrozen_groups, "layer_decay": a.layer_decay,
-               "learning_rate": a.learning_rate, "head_lr": a.head_lr, "num_train_epochs": epochs}
+               "learning_rate": a.learning_rate, "head_lr": a.head_lr, "num_train_epochs": epochs,
+               "warmup_steps": a.warmup_steps, **({"image_size": a.image_size} if a.image_size else {})}
     header = [f"# hftl train {path}", "#",
               f"# Written by `hftl advise` on {date.today().isoformat()}: {m.model} on {m.dataset}, "
               f"{m.examples:,} training examples. The report is beside this file (advice.md)."]
+    if m.baseline is not None:
+        expected = "expected" if a.transfer_wins else "NOT expected"
+        header.append(f"# Classical baseline ({m.baseline_kind}): {m.baseline.score:.3f} balanced accuracy against "
+                      f"{m.probe.score:.3f} for frozen features, cross-validated: transfer is {expected} to win.")
     body = yaml.safe_dump(values, sort_keys=False).rstrip("\n").splitlines()
     lines = [*header, *body, "", "# advised by the decision guide"]
     for key, value in advised.items():
         line = yaml.safe_dump({key: value}, default_flow_style=False).strip()
-        lines.append(f"{line}  # {reasons[key]}" if reasons[key] else line)
+        lines.append(f"{line}  # {reasons[key]}" if reasons.get(key) else line)
     return "\n".join(lines) + "\n"
 
 
@@ -158,11 +180,25 @@ def default_out(config: RunConfig) -> Path:
     return Path(f"{str(out).rstrip('/')}-advice")
 
 
-def run(config: RunConfig, recipe: str | None, overrides: list[str], out: str | None, samples: int, force: bool) -> Advice:
+@dataclass
+class Verify:
+    """`--verify [--budget 10m] [--resume]`: short trials of the strongest candidates decide the recipe."""
+
+    on: bool = False
+    budget: str | None = None
+    resume: bool = False
+
+
+def run(config: RunConfig, recipe: str | None, overrides: list[str], out: str | None, samples: int, force: bool,
+        verify: Verify | None = None) -> Advice:
+    verify = verify or Verify()
+    if (verify.budget or verify.resume) and not verify.on:
+        raise HftlError("--budget and --resume belong to --verify: add `--verify`, or drop them.")
+    seconds = verify_trials.parse_budget(verify.budget)
     folder = Path(out) if out else default_out(config)
     recipe_path = folder / "recipe.yaml"
     found = [name for name in FILES if (folder / name).exists()]
-    if found and not force:
+    if found and not (force or verify.resume):
         raise HftlError(
             f"`{folder}` already holds advice ({', '.join(found)}). Pass `--out` with another folder, or `--force` to "
             "replace it."
@@ -180,4 +216,10 @@ def run(config: RunConfig, recipe: str | None, overrides: list[str], out: str | 
     record = {"measurements": {**asdict(m), "probe_lift": m.probe.lift, "balance": m.balance}, "advice": asdict(a)}
     (folder / "advice.json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n" + text)
+    if verify.on:
+        def render(advice: Advice, path: Path) -> str:
+            return recipe_text(config, order, m, advice, path)
+
+        best = verify_trials.run(m, a, config, folder, render, seconds, verify.resume)
+        print(f"hftl advise: `{best['strategy']}` won the trials; {recipe_path} holds it.")
     return a

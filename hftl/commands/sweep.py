@@ -224,11 +224,11 @@ def run(recipe: str, overrides: list[str], options: Options) -> list[dict]:
     return rows
 
 
-def _save_state(folder: Path, state: dict) -> None:
+def _save_state(folder: Path, state: dict, name: str = STATE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / (STATE + ".tmp")
+    temporary = folder / (name + ".tmp")
     temporary.write_text(json.dumps(state, indent=2) + "\n")
-    temporary.replace(folder / STATE)  # a sweep killed mid-write still resumes from the last whole state
+    temporary.replace(folder / name)  # a sweep killed mid-write still resumes from the last whole state
 
 
 def _write(folder: Path, state: dict, strategies: tuple[str, ...], base, in_process: bool) -> None:

@@ -28,6 +28,7 @@ from hftl.tasks.classification import ClassificationTask, Labels, known_labels, 
 if TYPE_CHECKING:
     from hftl.config import RunConfig
 
+FEW_PATCHES = 16  # under 4 x 4 patches a ViT has little to attend over: `hftl train` warns
 FIRST_TOKEN_HEADS = frozenset({"vit", "deit"})  # heads that read only the cls token; others (DINOv2) pool all tokens
 
 
@@ -100,6 +101,7 @@ class ImageClassification(ClassificationTask):
         if config.data.image_size:
             set_image_size(model, config.data.image_size)
         _check_input_size(model, preprocess)
+        _warn_few_patches(model, preprocess)
         return Loaded(model, processor, labels, preprocess)
 
     def encode(self, config: RunConfig, raw: DatasetDict, loaded: Loaded) -> DatasetDict:
@@ -142,6 +144,20 @@ def _image_columns(raw: DatasetDict, config: RunConfig) -> DatasetDict:
                 f"columns are: {', '.join(ds.column_names)}. Set `--label_column` to one of them."
             )
     return images.prepare_column(raw, config.data, images.base_dir(config.data))
+
+
+def _warn_few_patches(model, preprocess: Preprocess) -> None:
+    """A size that leaves the backbone a handful of patches trains, but throws away what the features need."""
+    patch = getattr(model.config, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if not patch:
+        return
+    height, width = preprocess.side
+    patches = (height // patch) * (width // patch)
+    if patches < FEW_PATCHES:
+        print(f"hftl: warning: {height}x{width} images leave the backbone {patches} patches of {patch} px (fewer than "
+              f"{FEW_PATCHES}); its pre-trained features work on many more. A larger `image_size` (`hftl advise` probes "
+              "several) usually scores higher for its cost.")
 
 
 def _check_input_size(model, preprocess: Preprocess) -> None:

@@ -35,6 +35,9 @@ class Hub:
         monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, *a, **k: None)  # the card's YAML check is a request
         monkeypatch.setattr(HfApi, "create_repo", lambda api, *a, **k: self._create_repo(*a, **k))
         monkeypatch.setattr(HfApi, "create_commit", lambda api, *a, **k: self._create_commit(*a, **k))
+        # hftl asks the Hub before training (engine/preflight.check_hub): online, and a token it accepts
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setattr("huggingface_hub.whoami", lambda *a, **k: {"name": "someone"})
 
     def _create_repo(self, repo_id, **kwargs):
         from types import SimpleNamespace
@@ -173,9 +176,9 @@ def test_without_an_accelerator_a_recipe_runs_on_cpu_without_pinned_memory(tmp_p
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model_name_or_path: {tiny_bert}\ntrain_file: t.csv\n")
     accelerator = torch.accelerator.is_available()
-    args = load_config(str(recipe)).training
+    args = load_config(str(recipe), check_paths=False).training
     assert args.use_cpu is (not accelerator) and args.dataloader_pin_memory is accelerator
-    kept = load_config(str(recipe), ["--use_cpu", "false", "--dataloader_pin_memory", "true"]).training
+    kept = load_config(str(recipe), ["--use_cpu", "false", "--dataloader_pin_memory", "true"], check_paths=False).training
     assert kept.use_cpu is False and kept.dataloader_pin_memory is True  # a recipe's own choice wins
 
 

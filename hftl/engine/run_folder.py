@@ -1,6 +1,6 @@
 """A run's output folder: what it holds, and the marker that tells a finished run from a stopped one.
 
-`hftl train` writes `hftl_run.json` ({"status": "running"}) before its first file and rewrites it
+`hftl train` writes `_hftl_run.json` ({"status": "running"}) before its first file and rewrites it
 as {"status": "finished"} after its last (only the main process writes). A folder is then:
 
 - `empty`: missing, or no files;
@@ -28,7 +28,7 @@ from pathlib import Path
 from hftl.engine import checkpoint_files
 from hftl.errors import HftlError
 
-MARKER = "hftl_run.json"
+MARKER = "_hftl_run.json"  # the leading underscore keeps this local state out of Hub uploads (Trainer ignores `_*`)
 PLAN_FILES = frozenset({"plan.md", "plan.csv", "plan.png"})
 
 

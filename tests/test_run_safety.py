@@ -410,6 +410,13 @@ def test_resume_true_skips_incomplete_checkpoints_and_names_the_one_it_continues
                        f"hftl: resuming from {ctx.out / 'checkpoint-2'} (step 2)."]
 
 
+def test_a_checkpoint_with_an_empty_json_file_is_incomplete(shared, tmp_path, monkeypatch):
+    """A kill mid-save can leave hftl's plan record (or any JSON file) empty while the weights are whole."""
+    ctx = Ctx(tmp_path, monkeypatch, shared)
+    (ctx.checkpoint("checkpoint-4") / "hftl_plan.json").write_text("")
+    assert checkpoint_files.problem(ctx.out / "checkpoint-4") == "hftl_plan.json does not parse (truncated or empty)"
+
+
 def test_lifted_limits_paths_and_pickles(shared, tmp_path, monkeypatch, capsys):
     """allow_outside_paths reads a `../` path; allow_pickle loads pickle weights, saying so."""
     from hftl.config import load_config

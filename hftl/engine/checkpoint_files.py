@@ -42,7 +42,7 @@ def problem(folder: Path) -> str | None:
     if not folder.is_dir():
         return "not a folder"
     engine = any(any(folder.glob(pattern)) for pattern in ENGINE_FOLDERS)
-    checks = [_weights(folder, engine), _trainer_state(folder), _rng_state(folder)]
+    checks = [_weights(folder, engine), _trainer_state(folder), _json_files(folder), _rng_state(folder)]
     if not engine:
         checks += [_torch_file(folder / "optimizer.pt"), _torch_file(folder / "scheduler.pt")]
     return next((c for c in checks if c), None)
@@ -112,6 +112,17 @@ def _trainer_state(folder: Path) -> str | None:
         int(state["global_step"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return "trainer_state.json does not parse (truncated or junk)"
+    return None
+
+
+def _json_files(folder: Path) -> str | None:
+    """Every JSON file a save wrote (hftl's plan record, configs, tokenizer) must parse: a kill mid-save can
+    leave one empty while the rest of the checkpoint is whole."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return f"{path.name} does not parse (truncated or empty)"
     return None
 
 

@@ -15,6 +15,7 @@ continues, with the optimizer state it saved (no rebuild, ever).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +189,10 @@ def _group_trains(plan: TransferPlan) -> dict[str, bool]:
 def write_plan_record(folder: str | Path, plan: dict, phases: list[Phase]) -> None:
     """`plan`: the settings that decide the phases (strategy, unfrozen groups, patterns, schedule), as plain values."""
     record = {"plan": plan, "phases": [asdict(p) for p in phases]}
-    Path(folder, PLAN_FILE).write_text(json.dumps(record, indent=1))
+    path = Path(folder, PLAN_FILE)
+    partial = path.with_suffix(".json.partial")  # written whole, then renamed: a kill never leaves half a record
+    partial.write_text(json.dumps(record, indent=1))
+    os.replace(partial, path)
 
 
 def check_resume(checkpoint: str, now: dict) -> None:
